@@ -1,0 +1,24 @@
+"""The communication layer: queue descriptors, packets, stop signals, connections, routers."""
+
+from .connection import Connection
+from .local_queue import LocalQueue, QueueShutDown, QueueStats
+from .packet import Packet, StopSignal
+from .partition import partition, stable_hash
+from .queue_descriptor import BaseQueueDescriptor, PythonQueueDescriptor
+from .router import BaseRouter, BroadcastGroup, RoutingDecision
+
+__all__ = [
+    "BaseQueueDescriptor",
+    "BaseRouter",
+    "BroadcastGroup",
+    "Connection",
+    "LocalQueue",
+    "Packet",
+    "PythonQueueDescriptor",
+    "QueueShutDown",
+    "QueueStats",
+    "RoutingDecision",
+    "StopSignal",
+    "partition",
+    "stable_hash",
+]

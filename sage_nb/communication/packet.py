@@ -1,0 +1,123 @@
+"""Packets and stop signals: what travels through a connection.
+
+A :class:`Packet` carries a payload plus the routing information the router needs.
+Its ``seq`` (a trace id) and ``created`` (origin time, ``time.monotonic()``) are kept
+by the packets derived from it, so a packet's path and its end-to-end latency can be
+followed through the graph.
+
+>>> p = Packet("a b", partition_key=0, partition_strategy="hash")
+>>> p.is_keyed(), p.partition_key
+(True, 0)
+>>> q = p.inherit_partition_info("a")
+>>> (q.payload, q.partition_key, q.seq == p.seq)
+('a', 0, True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["STRATEGIES", "Packet", "StopSignal"]
+
+STRATEGIES = ("round_robin", "hash", "broadcast")
+_UNSET: Any = object()
+_seq = itertools.count(1)
+
+
+class Packet:
+    """One data item in flight, with its routing information.
+
+    A packet is *keyed* when it carries a partition strategy (``"hash"`` or
+    ``"broadcast"``). Any value is a key, including ``0``, ``""``, ``False``, ``()``
+    and ``None``: passing ``partition_key=`` alone makes the packet hash-keyed.
+    """
+
+    __slots__ = ("created", "input_index", "partition_key", "partition_strategy", "payload", "seq")
+
+    def __init__(self, payload: Any, input_index: int = 0, partition_key: Any = _UNSET,
+                 partition_strategy: str | None = None, seq: int | None = None,
+                 created: float | None = None) -> None:
+        self.payload = payload
+        self.input_index = input_index
+        if partition_key is _UNSET:
+            self.partition_key = None
+        else:
+            self.partition_key = partition_key
+            partition_strategy = partition_strategy or "hash"
+        if partition_strategy is not None and partition_strategy not in STRATEGIES:
+            raise ValueError(f"unknown partition_strategy {partition_strategy!r}; "
+                             f"use one of {list(STRATEGIES)}")
+        self.partition_strategy = partition_strategy
+        self.seq = next(_seq) if seq is None else seq
+        self.created = time.monotonic() if created is None else created
+
+    def is_keyed(self) -> bool:
+        """True when the packet's own strategy overrides the edge's default."""
+        return self.partition_strategy is not None
+
+    def inherit_partition_info(self, new_payload: Any) -> Packet:
+        """A packet for ``new_payload`` with this packet's key, strategy, trace id and origin time."""
+        return Packet(new_payload, self.input_index, _UNSET if self.partition_strategy is None
+                      else self.partition_key, self.partition_strategy, self.seq, self.created)
+
+    def update_key(self, new_key: Any, new_strategy: str | None = None) -> Packet:
+        """A copy keyed by ``new_key`` (strategy ``new_strategy``, else the current one, else hash)."""
+        strategy = new_strategy or (self.partition_strategy if self.partition_strategy != "round_robin"
+                                    else None) or "hash"
+        return Packet(self.payload, self.input_index, new_key, strategy, self.seq, self.created)
+
+    def copy(self, input_index: int | None = None) -> Packet:
+        """The same packet (payload shared, not copied), optionally for another input index."""
+        p = Packet.__new__(Packet)
+        p.payload, p.partition_key, p.partition_strategy = (
+            self.payload, self.partition_key, self.partition_strategy)
+        p.input_index = self.input_index if input_index is None else input_index
+        p.seq, p.created = self.seq, self.created
+        return p
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Packet):
+            return NotImplemented
+        return (self.payload, self.input_index, self.partition_key, self.partition_strategy) == (
+            other.payload, other.input_index, other.partition_key, other.partition_strategy)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __reduce__(self):
+        return (_rebuild, (self.payload, self.input_index, self.partition_key,
+                           self.partition_strategy, self.seq, self.created))
+
+    def __repr__(self) -> str:
+        key = f" key={self.partition_key!r}/{self.partition_strategy}" if self.is_keyed() else ""
+        return f"Packet(#{self.seq} {self.payload!r} input={self.input_index}{key})"
+
+
+def _rebuild(payload, input_index, key, strategy, seq, created) -> Packet:
+    p = Packet.__new__(Packet)
+    p.payload, p.input_index, p.partition_key, p.partition_strategy = payload, input_index, key, strategy
+    p.seq, p.created = seq, created
+    return p
+
+
+@dataclass(frozen=True, slots=True)
+class StopSignal:
+    """End of stream on one physical connection.
+
+    ``sender`` is the sending instance (e.g. ``"split[1]"``) and ``input_index`` the
+    logical input of the receiver that this connection feeds. A task finishes after it
+    has received one stop signal from every incoming connection.
+
+    >>> StopSignal("split[1]", 0)
+    StopSignal(sender='split[1]', input_index=0)
+    """
+
+    sender: str
+    input_index: int = 0
+
+    @property
+    def name(self) -> str:
+        """SAGE's name for the sender."""
+        return self.sender

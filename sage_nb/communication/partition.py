@@ -1,0 +1,65 @@
+"""A hash partitioner that gives the same answer in every process and every Python run.
+
+The builtin ``hash()`` is salted per process for str and bytes (``PYTHONHASHSEED``), so
+SAGE's Ray workers disagreed about which instance owns a key. Here a key is encoded
+canonically and hashed with BLAKE2b (64 bits). Keys that Python considers equal share a
+partition: ``1``, ``1.0`` and ``True`` go to the same instance.
+
+>>> partition("u42", 4) == partition("u42", 4)
+True
+>>> partition(1, 7) == partition(1.0, 7) == partition(True, 7)
+True
+>>> stable_hash(None) == stable_hash(None)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+__all__ = ["SUPPORTED_KEY_TYPES", "partition", "stable_hash"]
+
+SUPPORTED_KEY_TYPES = "str, bytes, int, float, bool, None or tuples of them"
+
+
+def _encode(key: Any, out: bytearray) -> None:
+    t = type(key)
+    if t is str:
+        data = key.encode("utf-8", "surrogatepass")
+        out += b"S%d:" % len(data) + data
+    elif t is int or t is bool:
+        out += b"I%d;" % key
+    elif t is float:
+        if math.isnan(key):
+            raise TypeError("cannot hash-partition the key nan: NaN is not equal to itself, so "
+                            "equal keys could not meet; replace it (e.g. with None)")
+        if key.is_integer():
+            out += b"I%d;" % int(key)
+        else:
+            out += b"F" + repr(key).encode() + b";"
+    elif key is None:
+        out += b"N"
+    elif t is bytes:
+        out += b"B%d:" % len(key) + key
+    elif t is tuple:
+        out += b"T%d(" % len(key)
+        for item in key:
+            _encode(item, out)
+        out += b")"
+    else:
+        raise TypeError(f"cannot hash-partition a key of type {t.__name__} ({key!r:.60}); keys must be "
+                        f"{SUPPORTED_KEY_TYPES} (a list can become a tuple)")
+
+
+def stable_hash(key: Any) -> int:
+    """A 64-bit hash of ``key`` that is the same in every process and Python run."""
+    buf = bytearray()
+    _encode(key, buf)
+    return int.from_bytes(hashlib.blake2b(buf, digest_size=8).digest(), "big")
+
+
+def partition(key: Any, n: int) -> int:
+    """The instance in ``range(n)`` that owns ``key``."""
+    return stable_hash(key) % n

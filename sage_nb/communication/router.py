@@ -1,0 +1,214 @@
+"""``BaseRouter``: sends an upstream instance's packets to its downstream instances.
+
+An upstream instance has one *broadcast group* per downstream logical operator; every
+packet goes to every group. Inside a group the strategy picks the instance(s):
+
+- ``round_robin`` — a counter per group and per upstream instance;
+- ``hash`` — :func:`~sage_nb.communication.partition.partition` of the key (stable across
+  processes); the key comes from the group's key function (``key_by``) or the packet;
+- ``broadcast`` — every instance of the group.
+
+A packet's own ``partition_strategy``/``partition_key`` wins over the group's default.
+Deliveries block while a queue is full (backpressure, nothing dropped); a blocked
+delivery ends with :class:`~sage_nb.errors.Cancelled` when the router's ``cancel`` event
+is set or the queue is shut down, or with :class:`~sage_nb.errors.DeliveryError` after
+``put_timeout`` seconds. ``send()`` returns the number of deliveries, all of them made.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import Cancelled, DeliveryError
+from .connection import Connection
+from .local_queue import QueueShutDown
+from .packet import Packet, StopSignal
+from .partition import partition, stable_hash
+
+__all__ = ["BaseRouter", "BroadcastGroup", "RoutingDecision", "Tracer"]
+
+
+@dataclass(frozen=True)
+class BroadcastGroup:
+    """The connections from one upstream instance to every instance of one downstream operator."""
+
+    index: int
+    target: str
+    strategy: str
+    connections: tuple[Connection, ...]
+    key: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """Why a packet went where it went — data for the inspector's routing log.
+
+    >>> d = RoutingDecision(7, "split[0]", "count", "hash", "u42", 0x3A1F0000000000AB, 4, (3,),
+    ...                     ("count[3]",), None, None, 0.0)
+    >>> d.explain()
+    "hash('u42') = 0x3a1f… mod 4 = 3"
+    """
+
+    seq: int
+    sender: str
+    group: str
+    strategy: str
+    key: Any
+    hash_value: int | None
+    group_size: int
+    chosen: tuple[int, ...]
+    targets: tuple[str, ...]
+    rr_before: int | None
+    rr_after: int | None
+    time: float
+
+    def explain(self) -> str:
+        if self.strategy == "hash":
+            return f"hash({self.key!r:.40}) = 0x{self.hash_value:016x}"[:-12] + \
+                f"… mod {self.group_size} = {self.chosen[0]}"
+        if self.strategy == "round_robin":
+            return f"round-robin counter {self.rr_before} → {self.rr_after}"
+        return f"broadcast to {self.group_size}"
+
+
+class Tracer(Protocol):
+    """Receives routing decisions; ``sample()`` is asked first so unsampled ones cost nothing."""
+
+    def sample(self) -> bool: ...
+
+    def record(self, decision: RoutingDecision) -> None: ...
+
+
+class BaseRouter:
+    """Routes the packets of one upstream instance (``name``) over its broadcast groups.
+
+    >>> from sage_nb.communication import PythonQueueDescriptor
+    >>> qds = [PythonQueueDescriptor(queue_id=f"q{i}") for i in range(3)]
+    >>> conns = tuple(Connection(0, i, f"m[{i}]", qd, 0, "src[0]") for i, qd in enumerate(qds))
+    >>> r = BaseRouter("src[0]", [BroadcastGroup(0, "m", "round_robin", conns)])
+    >>> [r.send(Packet(x)) for x in "abcd"]
+    [1, 1, 1, 1]
+    >>> [qd.qsize() for qd in qds]
+    [2, 1, 1]
+    """
+
+    def __init__(self, name: str, groups: Sequence[BroadcastGroup], *, cancel: Any = None,
+                 put_timeout: float | None = None, poll_interval: float = 0.05) -> None:
+        self.name = name
+        self.groups = tuple(groups)
+        self.rr = [0] * len(self.groups)
+        self.cancel = cancel  # a threading.Event-like object, or None
+        self.put_timeout = put_timeout
+        self.poll_interval = poll_interval
+        self.tracer: Tracer | None = None
+        self.blocked_time = 0.0
+        self.blocked = False
+
+    @property
+    def connections(self) -> list[Connection]:
+        return [c for g in self.groups for c in g.connections]
+
+    def send(self, packet: Packet) -> int:
+        """Deliver ``packet`` to every group; returns how many deliveries were made.
+
+        The router takes ownership of ``packet`` (it may be reused for one delivery).
+        """
+        payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
+        owned = True
+        n = 0
+        for g in self.groups:
+            conns = g.connections
+            size = len(conns)
+            if g.key is not None:
+                key, strategy = g.key(payload), "hash"
+            elif ostrategy is not None:
+                key, strategy = okey, ostrategy
+            else:
+                key, strategy = None, g.strategy
+            if strategy == "round_robin":
+                before = self.rr[g.index]
+                self.rr[g.index] = (before + 1) % size
+                targets: Sequence[Connection] = (conns[before],)
+            elif strategy == "hash":
+                before = None
+                targets = (conns[partition(key, size)],)
+            else:
+                before = None
+                targets = conns
+            tr = self.tracer
+            if tr is not None and tr.sample():
+                self._trace(tr, packet.seq, g, strategy, key, targets, before)
+            for c in targets:
+                if owned:
+                    out, owned = packet, False
+                else:
+                    out = packet.copy()
+                out.input_index = c.target_input_index
+                if strategy == "round_robin":
+                    out.partition_key, out.partition_strategy = None, None
+                else:
+                    out.partition_key, out.partition_strategy = key, strategy
+                self._put(c, out)
+                c.packets_sent += 1
+                n += 1
+        return n
+
+    def send_stop_signal(self) -> int:
+        """Send one :class:`StopSignal` on every connection (FIFO behind the data); returns the count."""
+        n = 0
+        for g in self.groups:
+            for c in g.connections:
+                self._put(c, StopSignal(self.name, c.target_input_index))
+                c.stops_sent += 1
+                n += 1
+        return n
+
+    def _put(self, conn: Connection, item: Any) -> None:
+        q = conn.queue
+        try:
+            q.put(item, False)
+        except queue.Full:
+            self._put_blocking(conn, q, item)
+        except QueueShutDown:
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+
+    def _put_blocking(self, conn: Connection, q: Any, item: Any) -> None:
+        start = time.monotonic()
+        self.blocked = True
+        try:
+            while True:
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}")
+                waited = time.monotonic() - start
+                if self.put_timeout is not None and waited >= self.put_timeout:
+                    raise DeliveryError(
+                        f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
+                        f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
+                        f"the packet was not delivered")
+                try:
+                    q.put(item, True, self.poll_interval)
+                    return
+                except queue.Full:
+                    continue
+                except QueueShutDown:
+                    raise Cancelled(f"{self.name}: job stopping; not delivered to "
+                                    f"{conn.target_name}") from None
+        finally:
+            self.blocked = False
+            self.blocked_time += time.monotonic() - start
+
+    def _trace(self, tr: Tracer, seq: int, g: BroadcastGroup, strategy: str, key: Any,
+               targets: Sequence[Connection], before: int | None) -> None:
+        tr.record(RoutingDecision(
+            seq, self.name, g.target, strategy, key,
+            stable_hash(key) if strategy == "hash" else None, len(g.connections),
+            tuple(c.parallel_index for c in targets), tuple(c.target_name for c in targets),
+            before, None if before is None else self.rr[g.index], time.time()))
+
+    def get_connections_info(self) -> dict[str, Any]:
+        return {g.target: {"strategy": g.strategy, "round_robin_position": self.rr[g.index],
+                           "targets": [c.to_dict() for c in g.connections]} for g in self.groups}

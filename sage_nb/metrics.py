@@ -1,0 +1,178 @@
+"""Counters, the routing trace and frozen snapshots of a job.
+
+Counters live where they are cheap to bump (plain ints on connections, routers and
+tasks); :meth:`Job.snapshot` copies them into the frozen dataclasses below, which are
+safe to read from any thread, during a run and after it. The inspector reads only these.
+
+>>> t = Trace(maxlen=2, rate=1000)
+>>> t.sample()
+True
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .communication.local_queue import QueueStats
+from .communication.router import RoutingDecision
+
+__all__ = [
+    "TASK_STATES",
+    "ConnectionSnapshot",
+    "ErrorInfo",
+    "JobSnapshot",
+    "OperatorSnapshot",
+    "TaskSnapshot",
+    "Trace",
+]
+
+#: The states a task instance reports; the inspector colours nodes by them.
+TASK_STATES = ("starting", "idle", "busy", "backpressured", "paused", "draining",
+               "finished", "failed", "cancelled")
+
+
+class Trace:
+    """A bounded log of routing decisions, sampled by a token bucket under load.
+
+    At most ``rate`` decisions per second are recorded (the bucket holds one second's
+    worth); the rest are only counted in ``skipped``. Routers ask :meth:`sample` before
+    building a decision, so an unsampled decision costs one call.
+    """
+
+    def __init__(self, maxlen: int = 2000, rate: float = 500.0) -> None:
+        self.events: deque[RoutingDecision] = deque(maxlen=maxlen)
+        self.rate = rate
+        self.skipped = 0
+        self._tokens = rate
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def sample(self) -> bool:
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.skipped += 1
+        return False
+
+    def record(self, decision: RoutingDecision) -> None:
+        self.events.append(decision)
+
+    def latest(self, n: int | None = None) -> tuple[RoutingDecision, ...]:
+        with self._lock:
+            events = tuple(self.events)
+        return events if n is None else events[-n:]
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Where a job failed: node, instance, the packet's payload (repr) and the traceback."""
+
+    node: str
+    instance: str
+    message: str
+    packet: str | None
+    traceback: str
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    """One task instance: its state and counters, and its input queue's statistics."""
+
+    name: str                 # instance name, e.g. "count[2]"
+    operator: str             # logical operator, e.g. "count"
+    parallel_index: int
+    kind: str                 # source | map | flat_map | filter | co_map | sink
+    state: str                # one of TASK_STATES
+    packets_in: int
+    packets_out: int
+    busy_time: float          # seconds spent in user code
+    blocked_time: float       # seconds blocked on a full downstream queue
+    stops_received: int
+    stops_expected: int
+    queue: QueueStats | None  # input queue (None for sources)
+    queue_id: str | None
+    top_keys: tuple[tuple[str, int], ...] = ()   # (repr(key), count), most frequent first
+    last_packets: tuple[str, ...] = ()           # reprs of the latest payloads received
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionSnapshot:
+    """One physical edge and the load of the queue it writes into."""
+
+    source: str
+    target: str
+    source_operator: str
+    target_operator: str
+    broadcast_index: int
+    parallel_index: int
+    target_input_index: int
+    strategy: str             # round_robin | hash | broadcast
+    key_label: str | None     # the key function's name for hash edges
+    packets_sent: int
+    stops_sent: int
+    queue_id: str
+    used: int
+    capacity: int | None
+
+    @property
+    def load(self) -> float:
+        return self.used / self.capacity if self.capacity else 0.0
+
+
+@dataclass(frozen=True)
+class OperatorSnapshot:
+    """One logical operator."""
+
+    name: str
+    kind: str
+    parallelism: int
+    instances: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """Everything the inspector shows, frozen at one instant (``elapsed`` seconds after start)."""
+
+    job_id: str
+    pipeline: str
+    backend: str
+    status: str               # RUNNING | PAUSED | FINISHED | CANCELLED | FAILED
+    elapsed: float
+    operators: tuple[OperatorSnapshot, ...]
+    logical_edges: tuple[tuple[str, str, str, str | None, int], ...]  # (src, dst, strategy, key_label, input)
+    tasks: tuple[TaskSnapshot, ...]
+    connections: tuple[ConnectionSnapshot, ...]
+    trace: tuple[RoutingDecision, ...] = ()
+    trace_skipped: int = 0
+    error: ErrorInfo | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSnapshot:
+        return next(t for t in self.tasks if t.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe data (keys and payloads as reprs)."""
+        d = asdict(self)
+        d["trace"] = [_decision_dict(e) for e in self.trace]
+        for c, snap in zip(d["connections"], self.connections, strict=True):
+            c["load"] = snap.load
+        return d
+
+
+def _decision_dict(e: RoutingDecision) -> dict[str, Any]:
+    return {"seq": e.seq, "sender": e.sender, "group": e.group, "strategy": e.strategy,
+            "key": None if e.strategy == "round_robin" else repr(e.key), "hash": e.hash_value,
+            "group_size": e.group_size, "chosen": list(e.chosen), "targets": list(e.targets),
+            "rr_before": e.rr_before, "rr_after": e.rr_after, "time": e.time,
+            "explain": e.explain()}
