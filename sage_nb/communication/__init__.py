@@ -6,6 +6,7 @@ from .packet import Packet, StopSignal
 from .partition import partition, stable_hash
 from .queue_descriptor import BaseQueueDescriptor, PythonQueueDescriptor
 from .router import BaseRouter, BroadcastGroup, RoutingDecision
+from .rpc_queue import RPCQueueDescriptor, RPCQueueServer
 
 __all__ = [
     "BaseQueueDescriptor",
@@ -17,6 +18,8 @@ __all__ = [
     "PythonQueueDescriptor",
     "QueueShutDown",
     "QueueStats",
+    "RPCQueueDescriptor",
+    "RPCQueueServer",
     "RoutingDecision",
     "StopSignal",
     "partition",

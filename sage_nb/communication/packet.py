@@ -63,6 +63,13 @@ class Packet:
         return Packet(new_payload, self.input_index, _UNSET if self.partition_strategy is None
                       else self.partition_key, self.partition_strategy, self.seq, self.created)
 
+    def derive(self, payload: Any) -> Packet:
+        """An unkeyed packet for ``payload`` with this packet's trace id and origin time."""
+        p = Packet.__new__(Packet)
+        p.payload, p.input_index, p.partition_key, p.partition_strategy = payload, 0, None, None
+        p.seq, p.created = self.seq, self.created
+        return p
+
     def update_key(self, new_key: Any, new_strategy: str | None = None) -> Packet:
         """A copy keyed by ``new_key`` (strategy ``new_strategy``, else the current one, else hash)."""
         strategy = new_strategy or (self.partition_strategy if self.partition_strategy != "round_robin"

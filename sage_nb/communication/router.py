@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import Cancelled, DeliveryError
+from ..errors import Cancelled, DeliveryError, ProtocolError
 from .connection import Connection
 from .local_queue import QueueShutDown
 from .packet import Packet, StopSignal
@@ -107,6 +107,7 @@ class BaseRouter:
         self.tracer: Tracer | None = None
         self.blocked_time = 0.0
         self.blocked = False
+        self.closed = False  # set by send_stop_signal(): no data may follow a stop signal
 
     @property
     def connections(self) -> list[Connection]:
@@ -117,6 +118,9 @@ class BaseRouter:
 
         The router takes ownership of ``packet`` (it may be reused for one delivery).
         """
+        if self.closed:
+            raise ProtocolError(f"{self.name}: send() after send_stop_signal(); data must not "
+                                f"follow the end of stream")
         payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
         owned = True
         n = 0
@@ -159,6 +163,7 @@ class BaseRouter:
 
     def send_stop_signal(self) -> int:
         """Send one :class:`StopSignal` on every connection (FIFO behind the data); returns the count."""
+        self.closed = True
         n = 0
         for g in self.groups:
             for c in g.connections:

@@ -1,0 +1,41 @@
+# One command per habit. Each target creates/updates the project's own .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+
+.PHONY: demo test test-fast lint bench lab clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core           ## run the demo pipeline on threads: routing and buffer load
+	$(BIN)/sage-nb demo
+
+test: $(VENV)/.dev            ## every test: unit, doctests, notebooks (real kernels), Ray, browser
+	bash scripts/ensure_chromium.sh
+	$(BIN)/python -m pytest --doctest-modules --nbmake --nbmake-timeout=300 sage_nb tests notebooks
+
+test-fast: $(VENV)/.dev       ## unit tests and doctests only
+	$(BIN)/python -m pytest --doctest-modules -m "not ray and not browser and not slow" sage_nb tests
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check sage_nb tests benchmarks
+
+bench: $(VENV)/.dev           ## throughput/latency against the raw CPython references of the same run
+	$(BIN)/python benchmarks/run.py
+
+lab: $(VENV)/.dev             ## open the course in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

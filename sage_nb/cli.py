@@ -1,0 +1,29 @@
+"""The ``sage-nb`` command: ``sage-nb demo`` runs the demo job; ``sage-nb queue-server`` serves RPC queues."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import demo_pipeline, report
+
+    job = demo_pipeline().run(queue_maxsize=args.queue_maxsize)
+    job.wait(timeout=120)
+    print(report(job.snapshot()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sage-nb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the demo word count on threads and print its routing")
+    demo.add_argument("--queue-maxsize", type=int, default=16, help="input queue capacity (default 16)")
+    demo.set_defaults(func=_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

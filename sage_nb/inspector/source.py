@@ -1,0 +1,140 @@
+"""What an inspector watches: a job, a pipeline (its newest job, else its compiled plan) or a snapshot.
+
+A source only ever calls ``job.snapshot()`` (plus ``pause()`` / ``resume()`` when the user
+asks): the inspector never touches a queue or a task.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from ..metrics import JobSnapshot
+
+__all__ = ["JobLike", "Source", "make_source"]
+
+
+@runtime_checkable
+class JobLike(Protocol):
+    """The part of :class:`sage_nb.runtime.job.Job` the inspector uses."""
+
+    job_id: str
+
+    @property
+    def done(self) -> bool: ...
+
+    def snapshot(self) -> JobSnapshot: ...
+
+
+class Source:
+    """Hands out snapshots; ``read()`` returns None when nothing new can be seen yet."""
+
+    #: True once no further snapshot will ever differ (the thread can end)
+    finished: bool = False
+    key: str = ""
+    label: str = ""
+
+    def read(self) -> JobSnapshot | None:
+        raise NotImplementedError
+
+    def job(self) -> Any:
+        return None
+
+    def control(self, action: str) -> None:
+        """Pause or resume the current job (``action`` is 'pause' or 'resume'), if it runs."""
+        job = self.job()
+        if job is None or getattr(job, "done", True):
+            return
+        getattr(job, action)()
+
+
+class SnapshotSource(Source):
+    """A frozen snapshot: shown once, nothing to follow."""
+
+    def __init__(self, snap: JobSnapshot) -> None:
+        self.snap = snap
+        self.key = f"snapshot:{snap.job_id}:{id(snap)}"
+        self.label = snap.pipeline
+
+    def read(self) -> JobSnapshot | None:
+        if self.finished:
+            return None
+        self.finished = True
+        return self.snap
+
+
+class JobSource(Source):
+    """One job: live until it is done, then one last (complete) snapshot."""
+
+    def __init__(self, job: JobLike) -> None:
+        self._job = job
+        self.key = f"job:{job.job_id}"
+        self.label = str(getattr(job, "pipeline_name", job.job_id))
+
+    def job(self) -> Any:
+        return self._job
+
+    def read(self) -> JobSnapshot | None:
+        if self.finished:
+            return None
+        done = bool(self._job.done)      # read before the snapshot: a done job's snapshot is final
+        snap = self._job.snapshot()
+        self.finished = done
+        return snap
+
+
+class PipelineSource(Source):
+    """A pipeline: its newest job while there is one, else its compiled plan with zero counters.
+
+    It keeps following: when the pipeline runs again, the inspector switches to the new job.
+    """
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.key = f"pipeline:{pipeline.name}"
+        self.label = str(pipeline.name)
+        self._job: Any = None
+        self._job_final = False
+        self._plan_shown = False
+
+    def job(self) -> Any:
+        return self._job
+
+    def _latest(self) -> Any:
+        try:
+            from ..runtime import JobManager
+        except ImportError:      # the runtime is optional for a static look at a plan
+            return None
+        return JobManager.latest(self.pipeline.name)
+
+    def _plan(self) -> JobSnapshot:
+        from ..runtime.job import plan_snapshot
+
+        return plan_snapshot(self.pipeline.compile())
+
+    def read(self) -> JobSnapshot | None:
+        latest = self._latest()
+        if latest is not None and latest is not self._job:
+            self._job, self._job_final = latest, False
+        if self._job is None:
+            if self._plan_shown:
+                return None
+            self._plan_shown = True
+            return self._plan()
+        if self._job_final:
+            return None
+        self._job_final = bool(self._job.done)
+        return self._job.snapshot()
+
+
+def make_source(target: Any) -> Source:
+    """The source for ``target``: a job, a pipeline, a :class:`JobSnapshot` or a :class:`Source`."""
+    if isinstance(target, Source):
+        return target
+    if isinstance(target, JobSnapshot):
+        return SnapshotSource(target)
+    if callable(getattr(target, "snapshot", None)) and hasattr(target, "job_id"):
+        return JobSource(target)
+    if callable(getattr(target, "compile", None)) and hasattr(target, "name"):
+        return PipelineSource(target)
+    raise TypeError(f"Inspector needs a job (p.run()), a Pipeline or a JobSnapshot, "
+                    f"not {type(target).__name__}: {target!r:.80}")

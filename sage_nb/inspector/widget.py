@@ -1,0 +1,226 @@
+"""``Inspector``: the live widget — graph, routing log, key distribution, timeline, controls.
+
+An :class:`anywidget.AnyWidget` with a few synced traits; the browser side is the single
+file ``static/inspector.js``. The model is the truth: one updater thread turns snapshots
+into view models (:mod:`.view`, :mod:`.tables`) and sets traits inside ``hold_sync()``;
+the JS only draws them. The browser talks back through three traits (``view``,
+``selected``, ``packet``) and two messages (pause, resume).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+
+from ..metrics import JobSnapshot
+from . import render, report
+from .history import LoadHistory, RateWindow
+from .palette import palette
+from .source import make_source
+from .tables import key_distribution, packet_path, routing_rows
+from .updater import MAX_RATE, MIN_RATE, Registry, Updater
+from .view import VIEWS, error_view, graph_view, status_view
+
+__all__ = ["Inspector"]
+
+STATIC = Path(__file__).parent / "static"
+LIVE = ("RUNNING", "PAUSED")
+TIMELINE_EVERY = 2.0          # seconds between timeline renderings while a job runs
+AUTO_PHYSICAL_MAX = 12        # default to the physical view up to this many instances
+
+_registry = Registry()
+
+
+class Inspector(anywidget.AnyWidget):
+    """A live view of a job: where packets go, how full every queue is, why.
+
+    ``Inspector(job)`` follows a running job until it ends (and shows a finished one);
+    ``Inspector(pipeline)`` shows its compiled plan, then follows its newest job.
+    ``Inspector(snapshot)`` shows one frozen :class:`~sage_nb.metrics.JobSnapshot`.
+    A new inspector on the same job or pipeline closes the previous one, so re-running a
+    cell leaves no thread behind. ``save_html()`` / ``save_png()`` keep the final state.
+
+    The inspector only calls ``job.snapshot()`` (and ``pause()``/``resume()`` on request).
+    """
+
+    _esm = (STATIC / "inspector.js").read_text(encoding="utf-8")
+    _css = (STATIC / "inspector.css").read_text(encoding="utf-8")
+
+    view = traitlets.Unicode("logical").tag(sync=True)
+    graph = traitlets.Dict().tag(sync=True)
+    rows = traitlets.List().tag(sync=True)
+    keydist = traitlets.List().tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+    summary = traitlets.Dict().tag(sync=True)
+    error = traitlets.Dict().tag(sync=True)
+    selected = traitlets.Dict().tag(sync=True)
+    packet = traitlets.Int(-1).tag(sync=True)
+    path = traitlets.List().tag(sync=True)
+    timeline = traitlets.Unicode("").tag(sync=True)
+    rate = traitlets.Float(5.0).tag(sync=True)
+    live = traitlets.Bool(False).tag(sync=True)
+    notice = traitlets.Unicode("").tag(sync=True)
+    palette = traitlets.Dict().tag(sync=True)
+    title = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, target: Any, *, view: str | None = None, rate: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(rate=rate, palette=palette(), **kwargs)
+        self._source = make_source(target)
+        self._lock = threading.RLock()
+        self._snap: JobSnapshot | None = None
+        self._rates = RateWindow()
+        self._history = LoadHistory()
+        self._timeline_at = float("-inf")
+        self._closed = False
+        self._auto_view = view is None
+        if view is not None:
+            self.view = view
+        self.title = self._source.label
+        self.on_msg(self._on_message)
+        _registry.claim(self._source.key, self)
+        self._updater = Updater(self._source, self._apply, lambda: self.rate, self._on_error,
+                                name=f"sage-inspector[{self._source.key}]", on_exit=self._on_exit)
+        first = self._source.read()
+        if first is not None:
+            self._apply(first)
+        if not self._source.finished:
+            self.live = True
+            self._updater.start()
+
+    # -------------------------------------------------------------- traits the browser sets
+    @traitlets.validate("view")
+    def _valid_view(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] not in VIEWS:
+            raise traitlets.TraitError(f"view must be one of {list(VIEWS)}, not {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("rate")
+    def _valid_rate(self, proposal: dict[str, Any]) -> float:
+        return float(min(MAX_RATE, max(MIN_RATE, proposal["value"])))
+
+    @traitlets.observe("view")
+    def _view_changed(self, change: dict[str, Any]) -> None:
+        self._auto_view = False
+        self._refresh()
+
+    @traitlets.observe("packet")
+    def _packet_changed(self, change: dict[str, Any]) -> None:
+        with self._lock:
+            self.path = self._path(self._snap)
+
+    def _on_message(self, widget: Any, content: dict[str, Any], buffers: list[Any]) -> None:
+        action = content.get("type") if isinstance(content, dict) else None
+        if action in ("pause", "resume"):
+            self.pause() if action == "pause" else self.resume()
+
+    # -------------------------------------------------------------- public
+    def pause(self) -> None:
+        """Pause the watched job (``job.pause()``); no effect once it has ended."""
+        self._source.control("pause")
+
+    def resume(self) -> None:
+        """Resume the watched job (``job.resume()``)."""
+        self._source.control("resume")
+
+    @property
+    def snapshot(self) -> JobSnapshot | None:
+        """The latest snapshot shown."""
+        return self._snap
+
+    def close(self) -> None:
+        """Stop the updater thread (within a second) and close the widget."""
+        self._closed = True
+        updater = getattr(self, "_updater", None)
+        if updater is not None:
+            updater.stop(timeout=1.0)
+            _registry.release(self._source.key, self)
+        super().close()
+        self.live = False
+
+    def save_html(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report of the current state (works offline)."""
+        return report.save_html(self._report_data(), path)
+
+    def save_png(self, path: str | Path) -> Path:
+        """Write a PNG of the graph with its loads (matplotlib; for slides and terminals)."""
+        out = Path(path)
+        out.write_bytes(render.graph_png(self.graph, self.summary, self.palette))
+        return out
+
+    def to_html(self) -> str:
+        """The HTML report as a string."""
+        return report.render_html(self._report_data())
+
+    # -------------------------------------------------------------- updates
+    def _apply(self, snap: JobSnapshot) -> None:
+        if self._closed:
+            return
+        with self._lock:
+            if self._snap is not None and snap.job_id != self._snap.job_id:
+                self._rates.reset()
+                self.packet = -1
+            if self._snap is None and self._auto_view:
+                self.set_trait("view", "physical" if len(snap.tasks) <= AUTO_PHYSICAL_MAX else "logical")
+            self._snap = snap
+            self._rates.add(snap)
+            self._history.add_snapshot(snap)
+            state = self._state(snap)
+            with self.hold_sync():
+                for name, value in state.items():
+                    setattr(self, name, value)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if self._snap is not None:
+                with self.hold_sync():
+                    self.graph = self._graph(self._snap)
+                    self.path = self._path(self._snap)
+
+    def _graph(self, snap: JobSnapshot) -> dict[str, Any]:
+        return graph_view(snap, self.view, self._rates.rates(average=snap.status not in LIVE))
+
+    def _path(self, snap: JobSnapshot | None) -> list[str]:
+        return packet_path(snap, self.packet, self.view) if snap is not None and self.packet >= 0 else []
+
+    def _state(self, snap: JobSnapshot) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "graph": self._graph(snap), "rows": routing_rows(snap.trace),
+            "keydist": key_distribution(snap), "status": snap.status,
+            "summary": status_view(snap), "error": error_view(snap), "path": self._path(snap),
+        }
+        now = time.monotonic()
+        final = snap.status not in LIVE
+        if final or now - self._timeline_at >= TIMELINE_EVERY:
+            self._timeline_at = now
+            png = render.timeline_png(self._history, title=f"buffer load over time — {snap.pipeline}")
+            state["timeline"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return state
+
+    def _on_error(self, message: str) -> None:
+        self.notice = message
+
+    def _on_exit(self) -> None:
+        self.live = False
+
+    def _report_data(self) -> dict[str, Any]:
+        with self._lock:
+            return {"title": self.title, "graph": self.graph, "rows": self.rows,
+                    "keydist": self.keydist, "summary": self.summary, "error": self.error,
+                    "timeline": self.timeline, "palette": self.palette}
+
+    # -------------------------------------------------------------- display
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
+        static = self._report_data()
+        data = {**data, "text/plain": report.render_text(static),
+                "text/html": report.render_fragment(static),
+                "image/png": base64.b64encode(render.graph_png(self.graph, self.summary,
+                                                               self.palette)).decode("ascii")}
+        return data, meta

@@ -1,0 +1,164 @@
+"""``Dispatcher``: starts a plan's services and tasks on a backend and tracks how they end.
+
+The first failure cancels the job: every queue of the job is shut down, which wakes
+each blocked ``put``/``get`` at once, and every task ends within its current packet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from ..communication.local_queue import QueueStats
+from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace
+from .service import ServiceCaller, ServiceRunner
+from .task import BaseTask, Control
+from .threads import ThreadsBackend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..compiler import ExecutionGraph
+
+__all__ = ["FAIL_DRAIN", "Dispatcher"]
+
+#: Seconds a failed job lets in-flight packets drain before it cancels every task.
+FAIL_DRAIN = 1.0
+
+
+class Dispatcher:
+    """Runs one :class:`ExecutionGraph` on the threads backend.
+
+    ``done`` is set when every task has ended; ``exception``/``error`` hold the first
+    failure; ``cancelled`` says whether the job was cancelled.
+    """
+
+    def __init__(self, plan: ExecutionGraph, *, put_timeout: float | None = None,
+                 trace: Trace | None = None) -> None:
+        self.plan = plan
+        self.control = Control()
+        self.trace = trace or Trace()
+        self.results: dict[str, list[Any]] = {
+            op: [] for op, d in plan.logical.nodes(data=True) if d["kind"] == "sink" and d.get("fn") is None}
+        self.tasks: dict[str, BaseTask] = {}
+        for name, ctx in plan.contexts.items():
+            task = BaseTask(ctx, self, results=self.results.get(ctx.operator),
+                            node_attrs=plan.logical.nodes[ctx.operator], put_timeout=put_timeout)
+            task.router.tracer = self.trace
+            self.tasks[name] = task
+        specs = plan.logical.graph.get("services", {})
+        self.services = {s: ServiceRunner(sctx, specs[s]) for s, sctx in plan.services.items()}
+        self.backend = ThreadsBackend(plan.job_id)
+        self.exception: BaseException | None = None
+        self.error: ErrorInfo | None = None
+        self.cancelled = False
+        self.done = threading.Event()
+        self.started = self.ended = 0.0
+        self._remaining = len(self.tasks)
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        self.started = time.monotonic()
+        for qd in self.plan.queues():
+            qd.queue_instance  # noqa: B018 - create every queue before any task touches it
+        for name, runner in self.services.items():
+            try:
+                runner.open()
+            except BaseException as exc:
+                self.exception = exc
+                self.error = ErrorInfo(name, f"service {name}", f"{type(exc).__name__}: {exc}", None,
+                                       "".join(traceback.format_exception(exc)))
+                self.cancelled = True
+                self.ended = time.monotonic()
+                self.done.set()
+                return
+        for name, runner in self.services.items():
+            for w in range(runner.ctx.workers):
+                self.backend.spawn(runner.serve, f"service:{name}#{w}")
+        if self.services:
+            for ctx in self.plan.contexts.values():
+                ctx._caller = ServiceCaller(ctx)
+        for name, task in self.tasks.items():
+            self.backend.spawn(task.run, name)
+
+    def task_failed(self, task: BaseTask, exc: BaseException, packet: Any) -> None:
+        with self._lock:
+            first = self.exception is None
+            if first:
+                self.exception = exc
+                payload = getattr(packet, "payload", packet)
+                self.error = ErrorInfo(
+                    task.ctx.operator, task.ctx.name, f"{type(exc).__name__}: {exc}",
+                    None if packet is None else f"#{getattr(packet, 'seq', '?')} {payload!r:.200}",
+                    "".join(traceback.format_exception(exc)))
+        if first:  # stop the sources, let in-flight packets drain; cancel all after a deadline
+            self.control.stopping = True
+            self.control.unpause()
+            self._timer = threading.Timer(FAIL_DRAIN, self.cancel)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def task_exited(self, task: BaseTask) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            if self._timer is not None:
+                self._timer.cancel()
+            for runner in self.services.values():
+                runner.stop()
+            self.ended = time.monotonic()
+            self.done.set()
+
+    def cancel(self) -> None:
+        """Stop every task now: set the cancel flag and shut every queue of the job down."""
+        self.cancelled = self.cancelled or self.exception is None
+        self.control.cancel_all()
+        for qd in self.plan.queues():
+            shutdown = getattr(qd.queue_instance, "shutdown", None) if qd.is_initialized() else None
+            if shutdown is not None:
+                shutdown()
+
+    def drain(self) -> None:
+        """Ask the sources to stop emitting; everything already emitted is processed."""
+        self.control.stopping = True
+
+    def join(self, timeout: float) -> list[str]:
+        alive = self.backend.join(timeout)
+        if self._timer is not None:
+            self._timer.join(timeout)
+        return alive
+
+    # ------------------------------------------------------------------ reading
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """One reading of every input queue, by queue id."""
+        return {c.input_qd.queue_id: c.input_qd.statistics()
+                for c in self.plan.contexts.values() if c.input_qd is not None}
+
+    def task_snapshots(self, stats: dict[str, QueueStats]) -> tuple[TaskSnapshot, ...]:
+        out = []
+        for t in self.tasks.values():
+            ctx = t.ctx
+            qid = ctx.input_qd.queue_id if ctx.input_qd is not None else None
+            out.append(TaskSnapshot(
+                ctx.name, ctx.operator, ctx.parallel_index, ctx.kind, t.state, t.packets_in,
+                sum(c.packets_sent for c in t.router.connections), t.busy_time,
+                t.router.blocked_time, t.stops_received, ctx.stop_signal_num, stats.get(qid),
+                qid, t.top_keys(), t.last_packets(),
+                None if t.error is None else f"{type(t.error).__name__}: {t.error}"))
+        return tuple(out)
+
+    def connection_snapshots(self, stats: dict[str, QueueStats]) -> tuple[ConnectionSnapshot, ...]:
+        out = []
+        for t in self.tasks.values():
+            for g in t.router.groups:
+                for c in g.connections:
+                    s = stats[c.queue_descriptor.queue_id]
+                    out.append(ConnectionSnapshot(
+                        c.source_name, c.target_name, t.ctx.operator, g.target, c.broadcast_index,
+                        c.parallel_index, c.target_input_index, g.strategy,
+                        getattr(g.key, "__name__", None) if g.key else None, c.packets_sent,
+                        c.stops_sent, c.queue_descriptor.queue_id, s.used, s.capacity))
+        return tuple(out)

@@ -1,0 +1,219 @@
+"""``Job``: the handle a user holds on a running (or finished) pipeline.
+
+>>> import sage_nb as snb
+>>> p = snb.Pipeline("doc-job")
+>>> p.from_iterable(range(5)).map(lambda x: x * 10).sink(name="out")
+Stream('out')
+>>> with p.run() as job:
+...     job.wait(timeout=10)
+Job('doc-job-1', FINISHED)
+>>> job.results("out")
+[0, 10, 20, 30, 40]
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..communication.local_queue import QueueStats
+from ..errors import BackendError, JobFailed
+from ..metrics import ConnectionSnapshot, JobSnapshot, OperatorSnapshot, TaskSnapshot
+from .dispatcher import Dispatcher
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..compiler import ExecutionGraph
+
+__all__ = ["Job", "JobStatus", "plan_snapshot"]
+
+STOP_DEADLINE = 2.0   # seconds a cancelled job's threads get to end
+BACKENDS = ("threads", "ray", "step")
+
+
+class JobStatus(str, enum.Enum):
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    CANCELLED = "CANCELLED"
+    FAILED = "FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Job:
+    """A running pipeline: ``wait``, ``stop``, ``pause``/``resume``, ``results``, ``snapshot``.
+
+    ``with p.run() as job:`` waits for the job at the end of the block (cancelling it if
+    the block raised), so no thread outlives the block.
+    """
+
+    def __init__(self, plan: ExecutionGraph, backend: str = "threads", *,
+                 put_timeout: float | None = None) -> None:
+        if backend != "threads":
+            raise BackendError(f"backend={backend!r} is not available in this version; "
+                               f"available: ['threads']")
+        self.plan = plan
+        self.backend = backend
+        self.runner = Dispatcher(plan, put_timeout=put_timeout)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def job_id(self) -> str:
+        return self.plan.job_id
+
+    @property
+    def pipeline_name(self) -> str:
+        return self.plan.pipeline
+
+    @property
+    def status(self) -> JobStatus:
+        r = self.runner
+        if r.exception is not None:
+            return JobStatus.FAILED
+        if r.cancelled:
+            return JobStatus.CANCELLED
+        return JobStatus.FINISHED if r.done.is_set() else JobStatus.RUNNING
+
+    @property
+    def done(self) -> bool:
+        """True once the job reached a terminal state (its threads may still be winding down)."""
+        return self.status is not JobStatus.RUNNING
+
+    @property
+    def paused(self) -> bool:
+        return self.runner.control.paused
+
+    def __repr__(self) -> str:
+        return f"Job({self.job_id!r}, {self.status})"
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> Job:
+        self.runner.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> Job:
+        """Block until the job ends; raise :class:`JobFailed` if it failed.
+
+        Raises ``TimeoutError`` if it is still running after ``timeout`` seconds (the job
+        keeps running). An interrupt (Ctrl+C, the notebook's stop button) cancels the job.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.runner.done.wait(0.05):
+                if self.status is not JobStatus.RUNNING:  # failed or cancelled: threads winding down
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {self.job_id!r} still running after {timeout} s; "
+                                       f"call job.stop() to end it")
+        except KeyboardInterrupt:
+            self.stop(drain=False)
+            raise
+        self._join(STOP_DEADLINE)
+        self._raise_if_failed()
+        return self
+
+    def stop(self, drain: bool = False, timeout: float | None = None) -> Job:
+        """End the job and return once its threads have stopped.
+
+        ``drain=False`` cancels now: queued packets are not processed (status CANCELLED,
+        unless it had already ended). ``drain=True`` stops the sources and lets every packet
+        already emitted reach the sinks (status FINISHED); if that takes longer than
+        ``timeout`` seconds the job is cancelled. A thread stuck inside user code cannot be
+        interrupted by Python; ``stop()`` returns after ``STOP_DEADLINE`` seconds anyway.
+        """
+        if drain and not self.done:
+            self.runner.drain()
+            self.runner.control.unpause()
+            if not self.runner.done.wait(timeout):
+                self.runner.cancel()
+        elif not self.done:
+            self.runner.cancel()
+        self._join(STOP_DEADLINE if timeout is None else timeout)
+        return self
+
+    def pause(self) -> None:
+        """Tasks stop taking packets after the current one; nothing is lost."""
+        self.runner.control.pause()
+
+    def resume(self) -> None:
+        self.runner.control.unpause()
+
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.stop(drain=False)
+        else:
+            self.wait()
+
+    def _join(self, timeout: float) -> list[str]:
+        return self.runner.join(timeout)
+
+    def _raise_if_failed(self) -> None:
+        r = self.runner
+        if r.exception is None or r.error is None:
+            return
+        e = r.error
+        where = f" on packet {e.packet}" if e.packet else ""
+        raise JobFailed(f"job {self.job_id!r} failed: {e.instance} ({e.node!r}) raised{where}: "
+                        f"{e.message}", node=e.node, instance=e.instance, packet=e.packet,
+                        traceback_text=e.traceback) from r.exception
+
+    # ------------------------------------------------------------------ reading
+    def results(self, sink: str) -> list[Any]:
+        """What the collecting sink ``sink`` received, in arrival order (all its instances)."""
+        try:
+            return list(self.runner.results[sink])
+        except KeyError:
+            raise KeyError(f"no collecting sink named {sink!r}; collecting sinks: "
+                           f"{sorted(self.runner.results)}") from None
+
+    @property
+    def error(self) -> Any:
+        """Where the job failed (:class:`~sage_nb.metrics.ErrorInfo`), or None."""
+        return self.runner.error
+
+    def snapshot(self) -> JobSnapshot:
+        """Every counter, queue statistic and the latest routing decisions, frozen now."""
+        r = self.runner
+        stats = r.queue_stats()
+        status = str(self.status)
+        if status == "RUNNING" and self.paused:
+            status = "PAUSED"
+        end = r.ended or time.monotonic()
+        return JobSnapshot(
+            self.job_id, self.pipeline_name, self.backend, status,
+            max(0.0, end - r.started) if r.started else 0.0,
+            _operators(self.plan), _logical_edges(self.plan), r.task_snapshots(stats),
+            r.connection_snapshots(stats), r.trace.latest(), r.trace.skipped, r.error)
+
+
+def _operators(plan: ExecutionGraph) -> tuple[OperatorSnapshot, ...]:
+    return tuple(OperatorSnapshot(op, d["kind"], d.get("parallelism", 1), tuple(plan.instances(op)))
+                 for op, d in plan.logical.nodes(data=True))
+
+
+def _logical_edges(plan: ExecutionGraph) -> tuple[tuple[str, str, str, str | None, int], ...]:
+    return tuple((u, v, d.get("strategy", "round_robin"),
+                  getattr(d.get("key"), "__name__", None) if d.get("key") else None,
+                  d.get("input_index", 0)) for u, v, d in plan.logical.edges(data=True))
+
+
+def plan_snapshot(plan: ExecutionGraph) -> JobSnapshot:
+    """The snapshot of a plan that has not run: its shape, every counter at zero."""
+    empty = {qd.queue_id: QueueStats(0, qd.metadata.get("maxsize") or None, 0, 0, 0)
+             for qd in plan.queues()}
+    tasks = tuple(TaskSnapshot(c.name, c.operator, c.parallel_index, c.kind, "starting", 0, 0, 0.0, 0.0,
+                               0, c.stop_signal_num, empty.get(c.input_qd.queue_id) if c.input_qd else None,
+                               c.input_qd.queue_id if c.input_qd else None)
+                  for c in plan.contexts.values())
+    conns = tuple(ConnectionSnapshot(c.source_name, c.target_name, ctx.operator, g.target,
+                                     c.broadcast_index, c.parallel_index, c.target_input_index,
+                                     g.strategy, getattr(g.key, "__name__", None) if g.key else None,
+                                     0, 0, c.queue_descriptor.queue_id, 0,
+                                     empty[c.queue_descriptor.queue_id].capacity)
+                  for ctx in plan.contexts.values() for g in ctx.downstream_groups for c in g.connections)
+    return JobSnapshot(plan.job_id, plan.pipeline, "none", "CREATED", 0.0, _operators(plan),
+                       _logical_edges(plan), tasks, conns)

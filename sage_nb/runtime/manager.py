@@ -1,0 +1,82 @@
+"""``JobManager``: compiles plans, starts jobs and keeps the registry of live jobs.
+
+Re-running the notebook cell that starts a pipeline stops that pipeline's previous job
+first; ``sage_nb.jobs()`` lists the live jobs and ``sage_nb.stop_all()`` stops them; at
+interpreter exit every live job is cancelled (its sinks' ``close()`` still runs).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .. import compiler
+from .job import Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    import networkx as nx
+
+__all__ = ["JobManager"]
+
+_COMPILE_OPTIONS = {"job_id", "queue_maxsize", "service_timeout", "queue_factory"}
+
+
+class JobManager:
+    """The job registry; ``JobManager.default()`` is the one the public API uses."""
+
+    _default: JobManager | None = None
+
+    def __init__(self) -> None:
+        self._jobs: list[Job] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def default(cls) -> JobManager:
+        if cls._default is None:
+            cls._default = cls()
+        return cls._default
+
+    @staticmethod
+    def compile(graph: nx.DiGraph, **options: Any) -> compiler.ExecutionGraph:
+        """Compile a logical graph (see :func:`sage_nb.compiler.compile_graph`)."""
+        return compiler.compile_graph(graph, **options)
+
+    def submit(self, plan: compiler.ExecutionGraph, backend: str = "threads", **options: Any) -> Job:
+        """Start ``plan``; the pipeline's previous job, if still running, is stopped first."""
+        job = Job(plan, backend, **options)
+        for old in self.jobs():
+            if old.pipeline_name == plan.pipeline:
+                old.stop(drain=False)
+        with self._lock:
+            self._jobs = [j for j in self._jobs if not j.done] + [job]
+        return job.start()
+
+    def run(self, graph: nx.DiGraph, backend: str = "threads", **options: Any) -> Job:
+        """Compile ``graph`` with the compile options among ``options`` and submit it."""
+        compile_opts = {k: v for k, v in options.items() if k in _COMPILE_OPTIONS}
+        run_opts = {k: v for k, v in options.items() if k not in _COMPILE_OPTIONS}
+        return self.submit(self.compile(graph, **compile_opts), backend, **run_opts)
+
+    def jobs(self) -> list[Job]:
+        """The jobs that are still running, oldest first."""
+        with self._lock:
+            return [j for j in self._jobs if not j.done]
+
+    def latest(self, pipeline: str) -> Job | None:
+        """The newest job of ``pipeline`` (running or not), if any is known."""
+        with self._lock:
+            return next((j for j in reversed(self._jobs) if j.pipeline_name == pipeline), None)
+
+    def stop_all(self) -> int:
+        """Cancel every running job and wait for its threads; returns how many were stopped."""
+        live = self.jobs()
+        for job in live:
+            job.stop(drain=False)
+        return len(live)
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    if JobManager._default is not None:
+        JobManager._default.stop_all()

@@ -1,0 +1,360 @@
+"""``BaseTask``: one parallel instance — read the input queue, call the user function, route.
+
+The loop is backend-neutral: the threads backend runs :meth:`BaseTask.run` in a thread,
+the Ray backend inside an actor. End of stream follows DESIGN §2: the task finishes after
+one :class:`StopSignal` from every incoming connection, runs ``close()``, then forwards one
+stop signal on each of its own connections. Stop signals never reach user code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from typing import Any, Protocol
+
+from ..communication.local_queue import QueueShutDown
+from ..communication.packet import Packet, StopSignal
+from ..communication.router import BaseRouter
+from ..errors import Cancelled, ProtocolError
+from .context import TaskContext
+
+__all__ = ["END", "BaseTask", "Control"]
+
+#: Returned by a callable source to end its stream.
+END: Any = type("EndOfStream", (), {"__repr__": lambda self: "sage_nb.END"})()
+KEY_CAP = 1000      # distinct keys counted per instance for the key distribution
+BATCH_MAX = 256     # packets taken from the input queue in one call
+
+
+class Owner(Protocol):
+    """What a task reports to (the dispatcher)."""
+
+    control: Control
+
+    def task_failed(self, task: BaseTask, exc: BaseException, packet: Any) -> None: ...
+
+    def task_exited(self, task: BaseTask) -> None: ...
+
+
+class Control:
+    """Job-wide flags every task of a job reads: cancel, stop sources (drain), pause."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.stopping = False          # sources stop emitting (set by drain and by cancel)
+        self.paused = False
+        self.resume = threading.Event()
+        self.resume.set()
+        self.sources: dict[str, Any] = {}   # operator -> a source shared by its instances
+        self.lock = threading.Lock()
+
+    def pause(self) -> None:
+        self.paused = True
+        self.resume.clear()
+
+    def unpause(self) -> None:
+        self.paused = False
+        self.resume.set()
+
+    def cancel_all(self) -> None:
+        self.stopping = True
+        self.cancel.set()
+        self.resume.set()
+
+
+class _Shared:
+    """One iterator shared by a source's instances: each item goes to exactly one of them."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self._make, self._it, self._lock = make, None, threading.Lock()
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            with self._lock:
+                if self._it is None:
+                    self._it = iter(self._make())
+                try:
+                    item = next(self._it)
+                except StopIteration:
+                    return
+            yield item
+
+
+def _calls(fn: Callable[[], Any]) -> Iterator[Any]:
+    while True:
+        try:
+            item = fn()
+        except StopIteration:
+            return
+        if item is END:
+            return
+        yield item
+
+
+class BaseTask:
+    """Runs one instance; ``state`` and the counters are read by snapshots from other threads."""
+
+    def __init__(self, ctx: TaskContext, owner: Owner, *, results: list | None = None,
+                 node_attrs: dict[str, Any] | None = None, put_timeout: float | None = None) -> None:
+        self.ctx = ctx
+        self.owner = owner
+        self.control = owner.control
+        self.attrs = node_attrs or {}
+        self.results = results
+        self.router = BaseRouter(ctx.name, ctx.downstream_groups, cancel=self.control.cancel,
+                                 put_timeout=put_timeout)
+        self.state = "starting"
+        self.packets_in = 0
+        self.busy_time = 0.0
+        self.stops_received = 0
+        self.unknown_stops: list[StopSignal] = []
+        self.discarded = 0     # packets thrown away after this instance failed
+        self._expected: set[tuple[str, int]] = {
+            (s, i) for i, senders in ctx.upstreams.items() for s in senders}
+        self._seen: set[tuple[str, int]] = set()
+        self._leftover: list[Any] = []
+        self.key_counts: dict[Any, int] = {}
+        self.last: list[Any] = []
+        self.current: Any = None   # the packet being processed when user code raised
+        self.error: BaseException | None = None
+        self._closers: list[Callable[[], Any]] = []
+        self._started = 0.0
+
+    # ------------------------------------------------------------------ life cycle
+    def run(self) -> None:
+        """Open, process until end of stream, close, forward stop signals; never raises."""
+        self._started = time.monotonic()
+        try:
+            fn = self._open()
+            if self.ctx.kind == "source":
+                self._run_source(fn)
+            else:
+                self._run_input(self._make_process(fn))
+            self.state = "closing"
+            self._close()
+            self.router.send_stop_signal()
+            self.state = "finished"
+        except (Cancelled, QueueShutDown):
+            self.state = "cancelled"
+            self._close(quiet=True)
+        except BaseException as exc:  # user code may raise SystemExit & co: fail the job
+            self.state = "failed"
+            self.error = exc
+            self._close(quiet=True)
+            self.owner.task_failed(self, exc, self.current)
+            self._end_after_failure()
+        finally:
+            self.owner.task_exited(self)
+
+    def _end_after_failure(self) -> None:
+        """Discard the rest of the input and end the stream, so that what was already
+        emitted downstream still reaches the sinks while the job winds down (the
+        dispatcher cancels everything if this takes too long)."""
+        try:
+            if self.ctx.kind != "source":
+                q = self.ctx.input_qd.queue_instance  # type: ignore[union-attr]
+                batch, self._leftover = self._leftover, []
+                while self._expected:
+                    for msg in batch:
+                        if msg.__class__ is StopSignal:
+                            self._on_stop(msg, self._expected, self._seen)
+                        else:
+                            self.discarded += 1
+                    if self._expected:
+                        batch = q.get_many(BATCH_MAX)
+            if not self.router.closed:
+                self.router.send_stop_signal()
+        except (Cancelled, QueueShutDown):
+            pass
+
+    def _instantiate(self, cls: type) -> Any:
+        obj = cls()
+        try:
+            obj.ctx = self.ctx
+        except AttributeError:  # a builtin type (e.g. itertools.count) takes no attributes
+            pass
+        if callable(getattr(obj, "open", None)):
+            obj.open()
+        if callable(getattr(obj, "close", None)):
+            self._closers.append(obj.close)
+        return obj
+
+    def _open(self) -> Any:
+        fn = self.attrs.get("fn")
+        if isinstance(fn, type):
+            obj = self._instantiate(fn)
+            if self.ctx.kind == "co_map":
+                return [getattr(obj, f"map{i}") for i in range(len(self.ctx.upstreams))]
+            if self.ctx.kind == "source":
+                return obj
+            call = obj if callable(obj) else getattr(obj, "execute", None)
+            if not callable(call):
+                raise TypeError(f"{type(obj).__name__} instances must be callable "
+                                f"(define __call__ or execute)")
+            return call
+        return fn
+
+    def _close(self, quiet: bool = False) -> None:
+        """Run the user's close() hooks once; a failure fails the job unless ``quiet``."""
+        closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                close()
+            except BaseException:
+                if not quiet:
+                    self.current = None
+                    raise
+
+    def _wait_paused(self) -> None:
+        previous, self.state = self.state, "paused"
+        self.control.resume.wait()
+        if self.control.cancel.is_set():
+            raise Cancelled(f"{self.ctx.name}: job stopping")
+        self.state = previous
+
+    # ------------------------------------------------------------------ sources
+    def _source_items(self, fn: Any) -> Iterator[Any]:
+        """This instance's items: its own (a class instance, a stride of a sequence) or a share."""
+        ctx = self.ctx
+        if isinstance(self.attrs.get("fn"), type):  # one object per instance: the user splits
+            return iter(fn) if hasattr(fn, "__iter__") else _calls(fn)
+        if fn is None:  # from_iterable
+            items = self.attrs["items"]
+            if ctx.parallelism > 1 and isinstance(items, Sequence):
+                return iter(items[ctx.parallel_index::ctx.parallelism])
+            make: Callable[[], Iterator[Any]] = lambda: iter(items)  # noqa: E731
+        elif _is_generator_function(fn):
+            make = lambda: iter(fn())  # noqa: E731
+        else:
+            make = lambda: _calls(fn)  # noqa: E731
+        if ctx.parallelism == 1:
+            return make()
+        with self.control.lock:
+            shared = self.control.sources.setdefault(ctx.operator, _Shared(make))
+        return iter(shared)
+
+    def _run_source(self, fn: Any) -> None:
+        control = self.control
+        send = self.router.send
+        self.state = "busy"
+        for item in self._source_items(fn):
+            if control.stopping:
+                if control.cancel.is_set():
+                    raise Cancelled(f"{self.ctx.name}: job stopping")
+                break
+            if control.paused:
+                self._wait_paused()
+            self.current = item
+            send(Packet(item))
+            self.packets_in += 1
+        self.current = None
+
+    # ------------------------------------------------------------------ operators
+    def _make_process(self, fn: Any) -> Callable[[Packet], None]:
+        kind, send = self.ctx.kind, self.router.send
+        if kind == "sink":
+            if fn is None:
+                append = self.results.append  # type: ignore[union-attr]
+
+                def process(p: Packet) -> None:
+                    append(p.payload)
+            else:
+                def process(p: Packet) -> None:
+                    fn(p.payload)
+        elif kind == "map":
+            def process(p: Packet) -> None:
+                p.payload = fn(p.payload)
+                p.partition_strategy = None
+                send(p)
+        elif kind == "filter":
+            def process(p: Packet) -> None:
+                if fn(p.payload):
+                    p.partition_strategy = None
+                    send(p)
+        elif kind == "flat_map":
+            def process(p: Packet) -> None:
+                for item in fn(p.payload):
+                    send(p.derive(item))
+        elif kind == "co_map":
+            fns = fn
+
+            def process(p: Packet) -> None:
+                p.payload = fns[p.input_index](p.payload)
+                p.partition_strategy = None
+                send(p)
+        else:  # pragma: no cover - validated at build time
+            raise ValueError(f"unknown kind {kind!r}")
+        if not self.ctx.keyed_input:
+            return process
+        inner, ctx, counts = process, self.ctx, self.key_counts
+
+        def keyed(p: Packet) -> None:
+            key = ctx.current_key = p.partition_key
+            if key in counts:
+                counts[key] += 1
+            elif len(counts) < KEY_CAP:
+                counts[key] = 1
+            inner(p)
+        return keyed
+
+    def _run_input(self, process: Callable[[Packet], None]) -> None:
+        ctx, control, router = self.ctx, self.control, self.router
+        q = ctx.input_qd.queue_instance  # type: ignore[union-attr]
+        expected, seen = self._expected, self._seen
+        perf = time.perf_counter
+        get_many = q.get_many
+        while expected:
+            self.state = "draining" if seen else "idle"
+            batch = get_many(BATCH_MAX)
+            if control.paused:
+                self._wait_paused()
+            self.state = "busy"
+            start, blocked = perf(), router.blocked_time
+            n = 0
+            msg = None
+            try:
+                for msg in batch:
+                    if msg.__class__ is StopSignal:
+                        self._on_stop(msg, expected, seen)
+                        continue
+                    if not expected:
+                        raise ProtocolError(f"{ctx.name}: received data after the end of stream of "
+                                            f"every input ({len(seen)} stop signals)")
+                    process(msg)
+                    n += 1
+            except BaseException:
+                self.current = msg
+                pos = next((i for i, m in enumerate(batch) if m is msg), len(batch))
+                self._leftover = batch[pos + 1:]  # still to account for (stop signals among them)
+                raise
+            finally:
+                self.packets_in += n
+                self.busy_time += perf() - start - (router.blocked_time - blocked)
+            self.last = [m.payload for m in batch[-5:] if m.__class__ is not StopSignal] or self.last
+        if q.qsize():
+            raise ProtocolError(f"{ctx.name}: {q.qsize()} packet(s) arrived after the end of stream "
+                                f"of every input")
+
+    def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None:
+        key = (sig.sender, sig.input_index)
+        if key in expected:
+            expected.discard(key)
+            seen.add(key)
+            self.stops_received += 1
+        elif key not in seen:  # from an instance that does not feed this input: ignore, but keep it
+            self.unknown_stops.append(sig)
+
+    # ------------------------------------------------------------------ reading
+    def top_keys(self, n: int = 5) -> tuple[tuple[str, int], ...]:
+        items = sorted(self.key_counts.items(), key=lambda kv: -kv[1])[:n]
+        return tuple((repr(k), c) for k, c in items)
+
+    def last_packets(self) -> tuple[str, ...]:
+        return tuple(f"{p!r:.80}" for p in islice(self.last, 5))
+
+
+def _is_generator_function(fn: Any) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(getattr(fn, "__call__", None))

@@ -1,0 +1,36 @@
+"""Shared fixtures: the backend parametrisation, thread-leak checks, the Ray session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import sage_nb as snb
+from sage_nb.testing import no_thread_leak
+
+BACKENDS = ["threads"]  # "step" and "ray" join when their backends land
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every behavioural test runs on every available backend."""
+    return request.param
+
+
+@pytest.fixture
+def no_leak():
+    """Fail the test if it leaves a thread behind; stop any job it left running."""
+    with no_thread_leak(timeout=3.0):
+        yield
+        snb.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _stop_jobs():
+    yield
+    snb.stop_all()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
