@@ -14,6 +14,7 @@ Job('doc-job-1', FINISHED)
 from __future__ import annotations
 
 import enum
+import importlib.util
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +51,9 @@ class Job:
 
     def __init__(self, plan: ExecutionGraph, backend: str = "threads", *,
                  put_timeout: float | None = None) -> None:
-        if backend != "threads":
-            raise BackendError(f"backend={backend!r} is not available in this version; "
-                               f"available: ['threads']")
         self.plan = plan
         self.backend = backend
-        self.runner = Dispatcher(plan, put_timeout=put_timeout)
+        self.runner = _make_runner(plan, backend, put_timeout=put_timeout)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -188,6 +186,19 @@ class Job:
             max(0.0, end - r.started) if r.started else 0.0,
             _operators(self.plan), _logical_edges(self.plan), r.task_snapshots(stats),
             r.connection_snapshots(stats), r.trace.latest(), r.trace.skipped, r.error)
+
+
+def _make_runner(plan: ExecutionGraph, backend: str, **options: Any) -> Any:
+    """The runner of ``backend``; every runner offers the :class:`Dispatcher` interface."""
+    if backend == "threads":
+        return Dispatcher(plan, **options)
+    if backend == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise BackendError("backend='ray' needs the 'ray' package: pip install 'sage-nb[ray]'")
+        from .ray_backend import RayDispatcher
+        return RayDispatcher(plan, **options)
+    available = [b for b in BACKENDS if b != "step"]
+    raise BackendError(f"unknown backend {backend!r}; available: {available}")
 
 
 def _operators(plan: ExecutionGraph) -> tuple[OperatorSnapshot, ...]:
