@@ -64,7 +64,8 @@ def describe_callable(fn: Any) -> str:
         where = f" ({inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]})"
     except (TypeError, OSError):
         pass
-    return f"{getattr(fn, '__module__', '?')}:{name}{where}"
+    module = getattr(fn, "__module__", None) or getattr(getattr(fn, "__objclass__", None), "__module__", "?")
+    return f"{module}:{name}{where}"
 
 
 def _check_parallelism(name: str, parallelism: Any) -> int:

@@ -34,3 +34,7 @@ def _stop_jobs():
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/data golden files")

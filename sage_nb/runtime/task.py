@@ -116,6 +116,7 @@ class BaseTask:
             (s, i) for i, senders in ctx.upstreams.items() for s in senders}
         self._seen: set[tuple[str, int]] = set()
         self._leftover: list[Any] = []
+        self._per_instance = False
         self.key_counts: dict[Any, int] = {}
         self.last: list[Any] = []
         self.current: Any = None   # the packet being processed when user code raised
@@ -184,7 +185,8 @@ class BaseTask:
 
     def _open(self) -> Any:
         fn = self.attrs.get("fn")
-        if isinstance(fn, type):
+        self._per_instance = isinstance(fn, type) and _wants_instance(fn, self.ctx.kind)
+        if self._per_instance:
             obj = self._instantiate(fn)
             if self.ctx.kind == "co_map":
                 return [getattr(obj, f"map{i}") for i in range(len(self.ctx.upstreams))]
@@ -219,7 +221,7 @@ class BaseTask:
     def _source_items(self, fn: Any) -> Iterator[Any]:
         """This instance's items: its own (a class instance, a stride of a sequence) or a share."""
         ctx = self.ctx
-        if isinstance(self.attrs.get("fn"), type):  # one object per instance: the user splits
+        if self._per_instance:  # one object per instance: the user splits
             return iter(fn) if hasattr(fn, "__iter__") else _calls(fn)
         if fn is None:  # from_iterable
             items = self.attrs["items"]
@@ -354,6 +356,15 @@ class BaseTask:
 
     def last_packets(self) -> tuple[str, ...]:
         return tuple(f"{p!r:.80}" for p in islice(self.last, 5))
+
+
+def _wants_instance(cls: type, kind: str) -> bool:
+    """Whether ``cls`` is a user function class (one instance per parallel instance) rather
+    than a plain callable such as ``str`` or ``Decimal`` (called on each item)."""
+    if kind == "co_map":
+        return True
+    names = ("__iter__", "__next__", "__call__") if kind == "source" else ("__call__", "execute")
+    return any(n in vars(k) for k in cls.__mro__ if k is not object for n in names)
 
 
 def _is_generator_function(fn: Any) -> bool:

@@ -1,0 +1,86 @@
+"""The raw CPython references that sage_nb is measured against, in the same process and run.
+
+Numbers drift between runs on a shared 2-core machine, so every benchmark reports the
+ratio to these references measured moments before (see the project's performance notes).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+STOP = object()
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def fused(n: int) -> float:
+    """generator source -> map function -> sink function, no queues: the ceiling."""
+    count = 0
+
+    def source():
+        yield from range(n)
+
+    t0 = time.perf_counter()
+    for x in source():
+        inc(x)
+        count += 1
+    return time.perf_counter() - t0
+
+
+def pipeline3(n: int, maxsize: int = 10000) -> float:
+    """source thread -> queue.Queue -> map thread -> queue.Queue -> sink thread, per item."""
+    q1, q2 = queue.Queue(maxsize), queue.Queue(maxsize)
+    done = threading.Event()
+
+    def src():
+        put = q1.put
+        for i in range(n):
+            put(i)
+        put(STOP)
+
+    def mp():
+        get, put = q1.get, q2.put
+        while (x := get()) is not STOP:
+            put(inc(x))
+        put(STOP)
+
+    def snk():
+        get = q2.get
+        while get() is not STOP:
+            pass
+        done.set()
+
+    threads = [threading.Thread(target=f) for f in (snk, mp, src)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    done.wait()
+    dt = time.perf_counter() - t0
+    for t in threads:
+        t.join()
+    return dt
+
+
+def latency_two_hops(n: int = 2000) -> list[float]:
+    """One packet at a time: main -> queue -> map thread -> queue -> main (seconds each)."""
+    q1, q2 = queue.Queue(), queue.Queue()
+
+    def mp():
+        while (x := q1.get()) is not STOP:
+            q2.put(x)
+
+    t = threading.Thread(target=mp)
+    t.start()
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        q1.put(i)
+        q2.get()
+        out.append(time.perf_counter() - t0)
+    q1.put(STOP)
+    t.join()
+    return out
