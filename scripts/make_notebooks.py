@@ -1,0 +1,194 @@
+"""Write the course notebooks in notebooks/ from the cell lists below (run: python scripts/make_notebooks.py).
+
+Each notebook: a short explanation, code that runs in a few seconds on threads, exercises with
+hidden solutions (<details>), and assertions at the end so CI catches a notebook that runs
+but teaches something false.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent.parent / "notebooks"
+M, C = "md", "code"
+
+
+def exercise(question: str, solution: str) -> tuple[str, str]:
+    return (M, f"**Exercise.** {question}\n\n<details><summary>Solution</summary>\n\n```python\n"
+               f"{solution.strip()}\n```\n</details>")
+
+
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}
+
+NOTEBOOKS["01_queues_and_descriptors.ipynb"] = [
+    (M, "# 1. Queues and queue descriptors\n\nEvery task instance owns **one input queue**. The plan "
+        "does not hold queues, it holds *descriptors*: small serialisable records (type, id, capacity) "
+        "that create their queue lazily, the first time somebody touches it."),
+    (C, "import threading\nimport queue\nfrom sage_nb.communication import PythonQueueDescriptor, "
+        "BaseQueueDescriptor\n\nqd = PythonQueueDescriptor(maxsize=3, queue_id=\"demo.in\")\nqd"),
+    (M, "A lazy descriptor is plain data: it serialises to JSON and comes back equal. JSON from outside "
+        "is validated field by field; nothing in it is imported or unpickled."),
+    (C, "text = qd.to_json()\nprint(text)\nsame = BaseQueueDescriptor.from_json(text)\nassert same == qd and "
+        "not same.is_initialized()\ntry:\n    BaseQueueDescriptor.from_json('{\"queue_id\": \"x\", "
+        "\"queue_type\": \"os.system\"}')\nexcept ValueError as exc:\n    print(\"refused:\", exc)"),
+    (M, "`clone()` gives a new id; once the queue exists, the clone **shares** it (SAGE's issue #1112 "
+        "came from clones that silently created a second queue)."),
+    (C, "qd.put(\"hello\")\ntwin = qd.clone(\"demo.twin\")\nassert twin.get() == \"hello\"\nqd.statistics()"),
+    (M, "## A bounded queue blocks\n\nWith 3 slots taken, a 4th `put` waits until a consumer makes room "
+        "— that is backpressure. Nothing is ever dropped."),
+    (C, "for i in range(3):\n    qd.put(i)\nassert qd.full()\nunblocked = threading.Event()\n\ndef producer():\n"
+        "    qd.put(\"fourth\")          # blocks: the queue is full\n    unblocked.set()\n\n"
+        "t = threading.Thread(target=producer)\nt.start()\nassert not unblocked.wait(0.2)  # still blocked\n"
+        "print(\"consumer takes\", qd.get())\nassert unblocked.wait(5)\nt.join()\nqd.statistics()"),
+    exercise("Fill a `PythonQueueDescriptor(maxsize=2)` and call `put(x, timeout=0.1)`. What is raised?",
+             "q = PythonQueueDescriptor(maxsize=2)\nq.put(1); q.put(2)\ntry:\n    q.put(3, timeout=0.1)\n"
+             "except queue.Full:\n    print('queue.Full, like the standard library')"),
+    (C, "# checks: what this notebook taught\nstats = qd.statistics()\nassert stats.capacity == 3 and "
+        "stats.peak == 3\nassert [qd.get() for _ in range(3)] == [1, 2, \"fourth\"]\nassert qd.empty()"),
+]
+
+NOTEBOOKS["02_round_robin.ipynb"] = [
+    (M, "# 2. Round-robin\n\nOne source, a `map` with parallelism 3. Without a key, each upstream instance "
+        "sends its packets to the downstream instances in turn: a **counter per group and per upstream "
+        "instance**, starting at 0."),
+    (C, "import sage_nb as snb\n\np = snb.Pipeline(\"round-robin\")\n"
+        "p.from_iterable(range(9), name=\"src\").map(lambda x: x, name=\"work\", parallelism=3)"
+        ".sink(name=\"out\")\nplan = p.compile()\nplan"),
+    (M, "**Predict** before you run: which instance of `work` receives packet 4?"),
+    (C, "job = p.run()\njob.wait(timeout=10)\nsnap = job.snapshot()\n"
+        "for c in snap.connections:\n    if c.target_operator == \"work\":\n"
+        "        print(f\"{c.source} -> {c.target}: {c.packets_sent} packets\")"),
+    (C, "for d in snap.trace[:6]:\n    print(d.seq, d.sender, '->', d.targets, '|', d.explain())"),
+    exercise("Run the same pipeline with a source of parallelism 2. Why does `work[0]` now receive "
+             "the first packet of *each* source instance?",
+             "p2 = snb.Pipeline('rr2')\np2.from_iterable(range(8), parallelism=2).map(lambda x: x, name='work',"
+             " parallelism=3).sink(name='out')\nj = p2.run().wait(timeout=10)\n# every upstream instance has "
+             "its own counter, and every counter starts at 0"),
+    (C, "# checks\nper_instance = {t.name: t.packets_in for t in snap.tasks if t.operator == \"work\"}\n"
+        "assert per_instance == {\"work[0]\": 3, \"work[1]\": 3, \"work[2]\": 3}, per_instance\n"
+        "assert sorted(job.results(\"out\")) == list(range(9))"),
+]
+
+NOTEBOOKS["03_hash_partitioning_and_skew.ipynb"] = [
+    (M, "# 3. Hash partitioning and skew\n\n`key_by(f)` makes the next edge **hash-partitioned**: the key "
+        "`f(item)` is hashed with a stable hash (the same in every process — Python's `hash()` is not) and "
+        "taken modulo the number of instances. Equal keys always meet at the same instance, which is what "
+        "keyed state needs."),
+    (C, "import sage_nb as snb\nfrom sage_nb.communication import partition\n\n"
+        "users = [f\"u{i}\" for i in range(8)]\n{u: partition(u, 4) for u in users}"),
+    (C, "class CountPerUser:\n    def open(self):\n        self.counts = {}\n    def __call__(self, user):\n"
+        "        self.counts[user] = self.counts.get(user, 0) + 1\n"
+        "        return user, self.ctx.parallel_index, self.counts[user]\n\n"
+        "events = [users[i % 8] for i in range(400)]\np = snb.Pipeline(\"hash\")\n"
+        "p.from_iterable(events, name=\"events\").key_by(lambda u: u).map(CountPerUser, name=\"count\", "
+        "parallelism=4).sink(name=\"out\")\njob = p.run().wait(timeout=10)\n"
+        "owner = {user: inst for user, inst, _ in job.results(\"out\")}\nowner"),
+    (M, "## Skew\n\nNow one user produces most of the traffic. Its instance gets most of the packets, and "
+        "its input buffer is the one that fills up."),
+    (C, "skewed = [\"u42\" if i % 5 else users[i % 8] for i in range(2000)]\np = snb.Pipeline(\"skew\")\n"
+        "p.from_iterable(skewed).key_by(lambda u: u).map(CountPerUser, name=\"count\", parallelism=4)"
+        ".sink(name=\"out\")\njob = p.run(queue_maxsize=32).wait(timeout=20)\n"
+        "loads = {t.name: t.packets_in for t in job.snapshot().tasks if t.operator == \"count\"}\n"
+        "mean = sum(loads.values()) / len(loads)\nprint(loads, \"skew (max/mean) =\", round(max(loads.values()) "
+        "/ mean, 2))"),
+    exercise("Which instance owns `\"u42\"` with 7 instances instead of 4?", "partition('u42', 7)"),
+    (C, "# checks\nassert all(owner[u] == partition(u, 4) for u in users)\n"
+        "assert loads[f\"count[{partition('u42', 4)}]\"] == max(loads.values())\n"
+        "assert max(loads.values()) / mean > 2"),
+]
+
+NOTEBOOKS["04_broadcast_and_fan_out.ipynb"] = [
+    (M, "# 4. Broadcast and fan-out\n\nTwo different things:\n\n* **fan-out to several operators**: an "
+        "upstream instance has one *broadcast group* per downstream operator, and every packet goes to "
+        "every group (each operator sees the whole stream);\n* **broadcast strategy** inside a group: every "
+        "instance of that operator gets a copy."),
+    (C, "import sage_nb as snb\n\np = snb.Pipeline(\"fan-out\")\nsrc = p.from_iterable(range(10), name=\"src\")\n"
+        "src.map(lambda x: x * 10, name=\"tens\", parallelism=2).sink(name=\"tens_out\")\n"
+        "src.broadcast().map(lambda x: -x, name=\"neg\", parallelism=3).sink(name=\"neg_out\")\n"
+        "plan = p.compile()\n[(g.index, g.target, g.strategy, len(g.connections)) for g in "
+        "plan.contexts[\"src[0]\"].downstream_groups]"),
+    (C, "job = p.run().wait(timeout=10)\nlen(job.results(\"tens_out\")), len(job.results(\"neg_out\"))"),
+    exercise("How many packets does `neg_out` receive with `parallelism=5` on `neg`?",
+             "# 10 packets x 5 instances = 50: broadcast copies every packet to every instance"),
+    (C, "# checks\nassert sorted(job.results(\"tens_out\")) == [x * 10 for x in range(10)]\n"
+        "assert sorted(job.results(\"neg_out\")) == sorted([-x for x in range(10)] * 3)"),
+]
+
+NOTEBOOKS["05_backpressure.ipynb"] = [
+    (M, "# 5. Backpressure\n\nQueues are bounded. When a stage is slow, its input queue fills; the "
+        "upstream task then blocks in `put` (it is *backpressured*) and its own input fills in turn. "
+        "Nothing is dropped: the slow stage sets the pace of the whole pipeline."),
+    (C, "import time\nimport sage_nb as snb\n\ndef slow(x):\n    time.sleep(0.002)\n    return x\n\n"
+        "p = snb.Pipeline(\"backpressure\")\np.from_iterable(range(300), name=\"src\").map(lambda x: x, "
+        "name=\"fast\").map(slow, name=\"slow\").sink(name=\"out\")\njob = p.run(queue_maxsize=8)\n"
+        "job.wait(timeout=30)\nsnap = job.snapshot()\nfor t in snap.tasks:\n"
+        "    q = t.queue\n    print(f\"{t.name:8} peak {q.peak if q else '-':>3}/{q.capacity if q else '-'}  "
+        "blocked {t.blocked_time:.2f}s  busy {t.busy_time:.2f}s\")"),
+    (M, "The bottleneck is the first stage that is busy but not blocked: `slow`. The stages before it "
+        "spend their time blocked on a full queue."),
+    exercise("Give `slow` parallelism 4. What happens to the blocked time of `fast`?",
+             "# the slow stage now drains 4 queues; fast is blocked much less"),
+    (C, "# checks\nbusy = {t.operator: t for t in snap.tasks}\nassert busy[\"slow\"].queue.peak == 8  # its queue "
+        "filled up\nassert busy[\"fast\"].blocked_time > busy[\"slow\"].blocked_time\n"
+        "assert sorted(job.results(\"out\")) == list(range(300))  # nothing dropped"),
+]
+
+NOTEBOOKS["06_stop_signals.ipynb"] = [
+    (M, "# 6. Stop signals\n\nA bounded stream ends with a **stop signal**. Each task finishes after it has "
+        "received one stop signal from **every incoming physical connection** — here a diamond with a "
+        "parallel upstream — then forwards one stop signal on each of its own connections.\n\n"
+        "SAGE's kernel stopped a task at its *first* stop signal (plus a short quiet period), so data from "
+        "a slower parallel upstream was lost (SAGE issue #1418)."),
+    (C, "import time\nimport sage_nb as snb\n\ndef slow_in_instance_2(x):\n    time.sleep(0.01 if x % 3 == 2 "
+        "else 0)\n    return x\n\np = snb.Pipeline(\"stop-signals\")\nsrc = p.from_iterable(range(60), name=\"src\")\n"
+        "a = src.map(slow_in_instance_2, name=\"a\", parallelism=3)\nb = src.map(lambda x: -x, name=\"b\")\n"
+        "a.connect(b).co_map([lambda x: x, lambda x: x], name=\"merge\").sink(name=\"out\")\n"
+        "plan = p.compile()\nplan.contexts[\"merge[0]\"].upstreams"),
+    (C, "job = p.run().wait(timeout=20)\nfor t in job.snapshot().tasks:\n"
+        "    print(f\"{t.name:9} stop signals {t.stops_received}/{t.stops_expected}\")"),
+    exercise("How many stop signals does `out[0]` expect if `merge` has parallelism 2?",
+             "# 2: one per incoming physical connection (merge[0] and merge[1])"),
+    (C, "# checks\nsnap = job.snapshot()\nassert snap.task(\"merge[0]\").stops_expected == 4\n"
+        "assert all(t.stops_received == t.stops_expected for t in snap.tasks)\n"
+        "assert len(job.results(\"out\")) == 120  # nothing lost"),
+]
+
+NOTEBOOKS["07_services.ipynb"] = [
+    (M, "# 7. Services\n\nA service is a long-lived object (a model, a cache, a database client) that many "
+        "operator instances call through their context: `self.ctx.call_service(name, method, *args)`. "
+        "Each service has a request queue, each caller a response queue, and replies are matched by "
+        "request id."),
+    (C, "import sage_nb as snb\n\nclass Prices:\n    def __init__(self):\n        self.table = {\"apple\": 3, "
+        "\"pear\": 4}\n        self.calls = 0\n    def price(self, fruit):\n        self.calls += 1\n"
+        "        return self.table[fruit]\n\nclass AddPrice:\n    def __call__(self, fruit):\n"
+        "        return fruit, self.ctx.call_service(\"prices\", \"price\", fruit)\n\n"
+        "p = snb.Pipeline(\"services\")\np.service(\"prices\", Prices)\n"
+        "p.from_iterable([\"apple\", \"pear\"] * 20).map(AddPrice, name=\"enrich\", parallelism=3)"
+        ".sink(name=\"out\")\njob = p.run().wait(timeout=20)\njob.results(\"out\")[:4]"),
+    (M, "A service method that raises fails the caller's packet with the service named:"),
+    (C, "q = snb.Pipeline(\"services-error\")\nq.service(\"prices\", Prices)\n"
+        "q.from_iterable([\"kiwi\"]).map(AddPrice, name=\"enrich\").sink(name=\"out\")\ntry:\n"
+        "    q.run().wait(timeout=10)\nexcept snb.JobFailed as exc:\n    print(exc)"),
+    exercise("Call a service with a 1 ms timeout (`timeout=0.001`) from a slow method. What do you get?",
+             "# a ServiceError: service 'prices' did not answer ... within 0.001 s"),
+    (C, "# checks\nassert sorted(set(job.results(\"out\"))) == [(\"apple\", 3), (\"pear\", 4)]\n"
+        "assert len(job.results(\"out\")) == 40"),
+]
+
+
+def main() -> int:
+    HERE.mkdir(exist_ok=True)
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=[new_markdown_cell(s) if k == M else new_code_cell(s) for k, s in cells])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, HERE / name)
+        print("wrote", HERE / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
