@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the demo word count on threads and print its routing")
     demo.add_argument("--queue-maxsize", type=int, default=16, help="input queue capacity (default 16)")
     demo.set_defaults(func=_demo)
+    sub.add_parser("queue-server", help="serve named bounded queues over TCP "
+                                        "(sage-nb queue-server --help)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["queue-server"]:
+        from .communication.rpc_queue import serve_main
+        return serve_main(argv[1:])
     args = parser.parse_args(argv)
     return args.func(args)
 
