@@ -23,6 +23,7 @@ Stream('out')
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,10 +61,8 @@ def describe_callable(fn: Any) -> str:
     if name is None:
         return repr(fn)
     where = ""
-    try:
+    with contextlib.suppress(TypeError, OSError):
         where = f" ({inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]})"
-    except (TypeError, OSError):
-        pass
     module = getattr(fn, "__module__", None) or getattr(getattr(fn, "__objclass__", None), "__module__", "?")
     return f"{module}:{name}{where}"
 

@@ -116,7 +116,7 @@ def test_operator_without_input_and_source_with_input():
 
 
 def test_multigraph_and_empty_graph_are_refused():
-    with pytest.raises(snb.GraphError, match="must be a networkx.DiGraph, got MultiDiGraph"):
+    with pytest.raises(snb.GraphError, match=r"must be a networkx\.DiGraph, got MultiDiGraph"):
         validate(nx.MultiDiGraph())
     with pytest.raises(snb.GraphError, match="the graph is empty"):
         validate(nx.DiGraph())

@@ -105,7 +105,7 @@ def test_wait_timeout_leaves_job_running_then_stop(no_leak):
     p = snb.Pipeline("timeout")
     p.from_source(itertools.count).sink(lambda x: None, name="out")
     job = p.run()
-    with pytest.raises(TimeoutError, match="still running after 0.05 s; call job.stop"):
+    with pytest.raises(TimeoutError, match=r"still running after 0\.05 s; call job\.stop"):
         job.wait(timeout=0.05)
     assert job.status is snb.JobStatus.RUNNING
     assert job.stop().status is snb.JobStatus.CANCELLED

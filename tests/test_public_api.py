@@ -21,5 +21,11 @@ def test_no_public_name_shadows_a_builtin_except_the_designed_compile():
 
 def test_seed_names_are_importable():
     from sage_nb.communication import (  # noqa: F401
-        BaseQueueDescriptor, BaseRouter, Connection, Packet, PythonQueueDescriptor, StopSignal)
+        BaseQueueDescriptor,
+        BaseRouter,
+        Connection,
+        Packet,
+        PythonQueueDescriptor,
+        StopSignal,
+    )
     from sage_nb.runtime import BaseTask, Dispatcher, JobManager, ServiceContext, TaskContext  # noqa: F401

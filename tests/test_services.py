@@ -96,5 +96,5 @@ def test_failing_service_constructor_fails_the_job(no_leak):
     p = snb.Pipeline("svc-broken")
     p.service("db", broken)
     p.from_iterable([1]).sink(name="out")
-    with pytest.raises(snb.JobFailed, match="service db.*cannot connect to the database"):
+    with pytest.raises(snb.JobFailed, match=r"service db.*cannot connect to the database"):
         p.run().wait(timeout=10)

@@ -32,14 +32,11 @@ STOP_DEADLINE = 2.0   # seconds a cancelled job's threads get to end
 BACKENDS = ("threads", "ray", "step")
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     CANCELLED = "CANCELLED"
     FAILED = "FAILED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Job:

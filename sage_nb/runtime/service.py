@@ -7,6 +7,7 @@ already timed out is discarded instead of answering the next call (SAGE #1112).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -90,10 +91,8 @@ class ServiceRunner:
 
     def open(self) -> None:
         self.obj = self.spec.factory(*self.spec.args, **self.spec.kwargs)
-        try:
+        with contextlib.suppress(AttributeError):  # a builtin or slotted object does without
             self.obj.ctx = self.ctx
-        except AttributeError:  # a builtin or slotted object: it does without
-            pass
         self._active = self.ctx.workers
 
     def serve(self) -> None:

@@ -8,6 +8,7 @@ stop signal on each of its own connections. Stop signals never reach user code.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
@@ -173,10 +174,8 @@ class BaseTask:
 
     def _instantiate(self, cls: type) -> Any:
         obj = cls()
-        try:
+        with contextlib.suppress(AttributeError):  # a builtin type (itertools.count) takes none
             obj.ctx = self.ctx
-        except AttributeError:  # a builtin type (e.g. itertools.count) takes no attributes
-            pass
         if callable(getattr(obj, "open", None)):
             obj.open()
         if callable(getattr(obj, "close", None)):
@@ -368,4 +367,4 @@ def _wants_instance(cls: type, kind: str) -> bool:
 
 
 def _is_generator_function(fn: Any) -> bool:
-    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(getattr(fn, "__call__", None))
+    return inspect.isgeneratorfunction(fn)
