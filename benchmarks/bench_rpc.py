@@ -23,7 +23,7 @@ from sage_nb.communication import BaseQueueDescriptor, Packet, RPCQueueServer
 def produce(descriptor_json: str, secret: bytes, n: int, batch: int, ready, go) -> None:
     qd = BaseQueueDescriptor.from_json(descriptor_json)
     qd._secret = secret  # the secret never travels in JSON; a real worker reads SAGE_NB_RPC_SECRET
-    qd.queue_instance  # connect before the clock starts
+    qd.get_queue()  # connect before the clock starts
     packets = [Packet(i) for i in range(n)]
     ready.set()
     go.wait()
@@ -34,7 +34,7 @@ def produce(descriptor_json: str, secret: bytes, n: int, batch: int, ready, go) 
 def consume(descriptor_json: str, secret: bytes, n: int, batch: int, ready, go, done) -> None:
     qd = BaseQueueDescriptor.from_json(descriptor_json)
     qd._secret = secret
-    qd.queue_instance
+    qd.get_queue()
     ready.set()
     go.wait()
     got = expected = 0

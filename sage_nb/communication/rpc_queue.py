@@ -21,19 +21,25 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import queue
-import socket
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from time import monotonic
 from typing import Any
 
 from .local_queue import QueueShutDown, QueueStats
 from .queue_descriptor import MAX_QUEUE_SIZE, BaseQueueDescriptor, int_field
-from .rpc_server import (MAX_HEADER_BYTES, SECRET_ENV, RPCQueueServer, WireError, decode, encode,
-                         is_loopback, set_io_timeout)
+from .rpc_server import (
+    MAX_HEADER_BYTES,
+    SECRET_ENV,
+    RPCQueueServer,
+    WireError,
+    decode,
+    encode,
+    is_loopback,
+    set_io_timeout,
+)
 
 __all__ = ["DEFAULT_PORT", "HOSTS_ENV", "RPCQueueDescriptor", "RPCQueueProxy", "RPCQueueServer",
            "serve_main"]
@@ -90,8 +96,9 @@ class RPCQueueDescriptor(BaseQueueDescriptor):
                              self.connect_timeout)
 
     def clone(self, new_queue_id: str | None = None) -> RPCQueueDescriptor:
-        """Same server, settings and secret, another id (so another queue on the server)."""
-        return type(self)(**self.metadata, queue_id=new_queue_id, secret=self._secret)
+        """Same server, settings and secret. A server queue *is* its id, so ``clone()`` reaches
+        this very queue (through its own connections) and ``clone("other")`` another one."""
+        return type(self)(**self.metadata, queue_id=new_queue_id or self.queue_id, secret=self._secret)
 
     def clear_cache(self) -> None:
         """Close this process's connections; the next access reconnects to the same server queue."""
@@ -114,7 +121,9 @@ class RPCQueueProxy:
     server-side waits until their own timeout, then raise ``queue.Empty``/``queue.Full``.
     Items are pickled here and unpickled by the client that gets them; the server only
     stores bytes. A lost server raises ConnectionError; ``close()`` makes later calls raise
-    QueueShutDown (calls in flight finish within one wait slice).
+    QueueShutDown (calls in flight finish within one wait slice). As with any RPC, a ``put``
+    interrupted mid-call (Ctrl+C) may or may not have happened; an interrupted ``get`` takes
+    nothing with it.
     """
 
     def __init__(self, host: str, port: int, queue_id: str, maxsize: int, secret: bytes,
@@ -149,6 +158,8 @@ class RPCQueueProxy:
 
         On timeout raises ``queue.Full`` whose ``accepted`` attribute counts the items put.
         """
+        import pickle
+
         blobs = [pickle.dumps(item, pickle.HIGHEST_PROTOCOL) for item in items]
         budget = self._max_frame - MAX_HEADER_BYTES
         if any(len(b) + 4 > budget for b in blobs):
@@ -172,6 +183,8 @@ class RPCQueueProxy:
         """Wait for at least one item, then return up to ``max_items`` of them (oldest first)."""
         if type(max_items) is not int or not 0 < max_items <= 65_536:
             raise ValueError(f"max_items must be an int in [1, 65536], got {max_items!r}")
+        import pickle
+
         deadline = _deadline(block, timeout)
         while True:
             reply, blobs = self._call({"op": "get", "max_items": max_items, "block": block,
@@ -210,7 +223,7 @@ class RPCQueueProxy:
     def _wait(self, deadline: float | None) -> float:
         return self._slice if deadline is None else max(0.0, min(self._slice, deadline - monotonic()))
 
-    def _call(self, header: dict[str, Any], blobs: list[bytes] = ()) -> tuple[dict[str, Any], list]:
+    def _call(self, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> tuple[dict[str, Any], list]:
         conn = self._borrow()
         try:
             conn.send_bytes(encode({**header, "q": self.queue_id, "maxsize": self.maxsize}, blobs))
@@ -246,6 +259,7 @@ class RPCQueueProxy:
         conn.close()
 
     def _connect(self) -> Any:
+        import socket
         from multiprocessing import AuthenticationError
         from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 
@@ -265,7 +279,7 @@ class RPCQueueProxy:
             conn.close()
             raise ConnectionError(f"the RPC queue server at {self.where} refused this client: "
                                   f"{exc!r}; check that both use the same secret (${SECRET_ENV})") from exc
-        set_io_timeout(conn.fileno(), REPLY_TIMEOUT)
+        set_io_timeout(conn.fileno(), REPLY_TIMEOUT + self._slice)
         return conn
 
 

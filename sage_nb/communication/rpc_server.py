@@ -6,7 +6,9 @@ Security, in the order a connection meets it:
   ``secret``, else ``start()`` raises ValueError;
 - every connection passes the standard library's mutual HMAC challenge (the handshake of
   ``multiprocessing.connection.Listener(authkey=...)``) before a single request is read;
-  the handshake reads frames of at most 256 bytes and must end within ``handshake_timeout``;
+  it runs on the connection's own thread, not in ``accept()`` as ``Listener`` does, so a
+  silent peer cannot stall other clients; it reads frames of at most 256 bytes and must
+  end within ``handshake_timeout``;
 - **the server never unpickles anything**: a request is a small JSON header plus opaque
   item blobs that the queues keep as ``bytes``. Clients pickle what they put and unpickle
   what they get, so for them the secret is the barrier, as in ``multiprocessing``;
@@ -24,19 +26,24 @@ Wire format, one ``Connection.send_bytes`` frame each way: a JSON object on one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import queue
-import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .local_queue import LocalQueue, QueueShutDown, QueueStats
 from .queue_descriptor import _ID_RE, MAX_QUEUE_SIZE
+
+if TYPE_CHECKING:
+    import socket  # imported where used: ``import sage_nb`` stays light
+
+    from .rpc_queue import RPCQueueDescriptor
 
 __all__ = ["MAX_FRAME_BYTES", "SECRET_ENV", "RPCQueueServer", "WireError", "decode", "encode",
            "is_loopback", "set_io_timeout"]
@@ -101,6 +108,8 @@ def is_loopback(host: str) -> bool:
 
 def set_io_timeout(sock: socket.socket | int, seconds: float) -> None:
     """Bound every blocking read and write on a TCP socket (0: no bound) and turn Nagle off."""
+    import socket
+
     tv = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
     s = sock if isinstance(sock, socket.socket) else socket.socket(fileno=sock)
     try:
@@ -123,17 +132,23 @@ def _is_timeout(v: Any) -> bool:
     return v is None or (type(v) in (int, float) and math.isfinite(v) and v >= 0)
 
 
-def _take(q: LocalQueue, max_items: int, budget: int, block: bool, wait: float) -> list[bytes]:
-    """Wait for one item, then take more while they fit ``max_items`` and ``budget`` bytes."""
-    items = [q.get(block, wait)]
-    size = len(items[0])
-    with q.mutex:
-        pending = q.queue
-        while len(items) < max_items and pending and size + len(pending[0]) + 4 <= budget:
+def _take(q: LocalQueue, max_items: int, budget: int, block: bool, wait: float,
+          wanted: Callable[[], bool]) -> list[bytes]:
+    """Wait for an item, then take up to ``max_items`` that fit in ``budget`` bytes.
+
+    Nothing is taken once the client has gone (``wanted()`` false): a client interrupted
+    while it waited must not lose the items that arrive after it left.
+    """
+    with q.not_empty:
+        q._wait(q.not_empty, q.queue.__len__, block, wait, queue.Empty)  # LocalQueue's wait
+        if not wanted():
+            q.not_empty.notify()  # pass the wake-up on to a waiter that is still there
+            raise EOFError("the client left while it waited")
+        items, size, pending = [], 0, q.queue
+        while len(items) < max_items and pending and (not items or size + len(pending[0]) + 4 <= budget):
             items.append(q._get())  # the documented queue.Queue hook; it counts total_out
             size += len(items[-1]) + 4
-        if len(items) > 1:
-            q.not_full.notify(len(items) - 1)
+        q.not_full.notify(len(items))
     return items
 
 
@@ -172,10 +187,8 @@ class RPCQueueServer:
         self._closing = False
 
     @property
-    def secret(self) -> bytes:
-        """The shared secret clients must know (generated when none was given for loopback)."""
-        if self._secret is None:
-            raise ValueError(f"no secret for the non-loopback bind {self.host!r}; pass secret=...")
+    def secret(self) -> bytes | None:
+        """The secret clients must know: the one given, or a random one for loopback (else None)."""
         return self._secret
 
     @property
@@ -189,6 +202,8 @@ class RPCQueueServer:
         """Bind, listen and serve on a background thread; returns ``self``."""
         if self._listener is not None:
             raise RuntimeError(f"the server is already serving on {self.address}")
+        import socket
+
         if self._secret is None:
             raise ValueError(
                 f"refusing to bind {self.host!r} without a secret: anyone who can reach the port "
@@ -204,6 +219,8 @@ class RPCQueueServer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, wake blocked callers (QueueShutDown), close every socket, join threads."""
+        import socket
+
         with self._lock:
             self._closing = True
             clients = dict(self._clients)
@@ -211,10 +228,8 @@ class RPCQueueServer:
             q.shutdown()
         for sock in [self._listener, *clients.values()]:
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):  # OSError: not connected any more
                     sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv()
-                except OSError:
-                    pass  # not connected any more
         for thread in [self._acceptor, *clients]:
             if thread is not None:
                 thread.join(timeout)
@@ -231,7 +246,7 @@ class RPCQueueServer:
         where = f"{self.address[0]}:{self.address[1]}" if self._listener else "not started"
         return f"RPCQueueServer({where}, {len(self._queues)} queues, {len(self._clients)} clients)"
 
-    def descriptor(self, queue_id: str | None = None, maxsize: int | None = None) -> Any:
+    def descriptor(self, queue_id: str | None = None, maxsize: int | None = None) -> RPCQueueDescriptor:
         """An :class:`RPCQueueDescriptor` for a queue here, carrying the secret (never in its JSON)."""
         from .rpc_queue import RPCQueueDescriptor
 
@@ -289,6 +304,7 @@ class RPCQueueServer:
             thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
+        from multiprocessing import AuthenticationError
         from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 
         conn = None
@@ -299,9 +315,14 @@ class RPCQueueServer:
             answer_challenge(conn, self._secret)
             set_io_timeout(sock, 0)  # an idle client may wait; close() wakes it
             while True:
-                conn.send_bytes(self._handle(conn.recv_bytes(self.max_frame_bytes)))
-        except Exception:  # any failure ends this connection only, never the server
-            pass  # EOF, timeout, bad length, failed handshake, malformed frame
+                frame = conn.recv_bytes(self.max_frame_bytes)
+                conn.send_bytes(self._handle(frame, lambda: not conn.poll()))
+        except (EOFError, OSError, AuthenticationError, AssertionError, WireError):
+            pass  # the peer left, stalled, failed the handshake, or broke the wire format
+        except Exception:  # a bug here ends this connection only, never the server
+            import logging
+
+            logging.getLogger(__name__).exception("RPC queue server: closing a connection")
         finally:
             if conn is not None:
                 conn.close()
@@ -309,7 +330,7 @@ class RPCQueueServer:
             with self._lock:
                 self._clients.pop(threading.current_thread(), None)
 
-    def _handle(self, frame: bytes) -> bytes:
+    def _handle(self, frame: bytes, wanted: Callable[[], bool]) -> bytes:
         header, blobs = decode(frame)
         op = header.get("op")
         if op == "stats_all":
@@ -329,7 +350,8 @@ class RPCQueueServer:
             if op == "put":
                 return encode(self._put(q, blobs, block, wait))
             limit = _check(header, "max_items", lambda v: type(v) is int and 0 < v <= MAX_BATCH)
-            return encode({}, _take(q, limit, self.max_frame_bytes - MAX_HEADER_BYTES, block, wait))
+            return encode({}, _take(q, limit, self.max_frame_bytes - MAX_HEADER_BYTES, block, wait,
+                                     wanted))
         except queue.Empty:
             return encode({"err": "empty"})
         except QueueShutDown:
