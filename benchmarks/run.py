@@ -19,9 +19,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-import references  # noqa: E402
+import references
 
-import sage_nb as snb  # noqa: E402
+import sage_nb as snb
 
 
 def _count_sink():

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-def compile(graph: nx.DiGraph, **options: Any) -> ExecutionGraph:  # noqa: A001 - the design's name
+def compile(graph: nx.DiGraph, **options: Any) -> ExecutionGraph:
     """Compile a logical ``networkx.DiGraph`` (see :mod:`sage_nb.graph` for its attributes)."""
     return JobManager.compile(graph, **options)
 

@@ -24,7 +24,7 @@ from typing import Any
 __all__ = ["LocalQueue", "QueueShutDown", "QueueStats"]
 
 
-class QueueShutDown(Exception):  # noqa: N818 - the name Python 3.13 uses (queue.ShutDown)
+class QueueShutDown(Exception):
     """Raised by a blocking call on a queue that was shut down."""
 
 
