@@ -33,7 +33,7 @@ def _encode(key: Any, out: bytearray) -> None:
         out += b"I%d;" % key
     elif t is float:
         if math.isnan(key):
-            raise TypeError("cannot hash-partition the key nan: NaN is not equal to itself, so "
+            raise TypeError("cannot hash-partition the float key nan: NaN is not equal to itself, so "
                             "equal keys could not meet; replace it (e.g. with None)")
         if key.is_integer():
             out += b"I%d;" % int(key)
@@ -62,4 +62,6 @@ def stable_hash(key: Any) -> int:
 
 def partition(key: Any, n: int) -> int:
     """The instance in ``range(n)`` that owns ``key``."""
+    if n < 1:
+        raise ValueError(f"cannot partition over {n} instances; n must be >= 1")
     return stable_hash(key) % n

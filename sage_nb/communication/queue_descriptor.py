@@ -33,7 +33,7 @@ __all__ = ["MAX_JSON_BYTES", "MAX_QUEUE_SIZE", "BaseQueueDescriptor", "PythonQue
 
 MAX_QUEUE_SIZE = 10_000_000
 MAX_JSON_BYTES = 64 * 1024
-_ID_RE = re.compile(r"^[\w.:/\[\]@+\-]{1,200}$")
+_ID_RE = re.compile(r"^[\w.:/\[\]@+\-]{1,200}\Z")  # \Z: "$" would accept a trailing newline
 _REGISTRY: dict[str, type[BaseQueueDescriptor]] = {}
 _TOP_FIELDS = {"queue_id", "queue_type", "metadata", "created_timestamp"}
 

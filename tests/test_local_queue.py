@@ -1,0 +1,162 @@
+"""``LocalQueue``: stdlib queue semantics, statistics, batches, and a shutdown that wakes blocked callers."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+from sage_nb.communication import LocalQueue, QueueShutDown, QueueStats
+from sage_nb.testing import wait_for
+
+
+def _waiters(cond: threading.Condition) -> int:
+    """How many threads wait on ``cond`` (so a test knows a call is really blocked)."""
+    return len(cond._waiters)  # type: ignore[attr-defined]
+
+
+class Blocked:
+    """Run ``fn`` in a thread and keep what it returned or raised."""
+
+    def __init__(self, fn) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def join(self) -> None:
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive(), "the call stayed blocked"
+
+
+def test_fifo_and_stdlib_exceptions():
+    q = LocalQueue(maxsize=2)
+    q.put(1)
+    q.put_nowait(2)
+    assert q.full() and q.qsize() == 2
+    with pytest.raises(queue.Full):
+        q.put_nowait(3)
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=0)
+    assert [q.get(), q.get_nowait()] == [1, 2]
+    assert q.empty()
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)
+
+
+def test_unbounded_queue_never_fills():
+    q = LocalQueue()
+    for i in range(1000):
+        q.put_nowait(i)
+    assert not q.full()
+    s = q.statistics()
+    assert (s.used, s.capacity, s.load) == (1000, None, 0.0)
+
+
+def test_statistics_count_in_out_and_peak():
+    q = LocalQueue(maxsize=4)
+    assert q.statistics() == QueueStats(0, 4, 0, 0, 0)
+    for i in range(3):
+        q.put(i)
+    assert q.get() == 0
+    q.put(3)
+    q.put(4)
+    s = q.statistics()
+    assert s == QueueStats(used=4, capacity=4, peak=4, total_in=5, total_out=1)
+    assert s.load == 1.0
+    assert q.get_many(3) == [1, 2, 3]
+    s = q.statistics()
+    assert s == QueueStats(used=1, capacity=4, peak=4, total_in=5, total_out=4)
+    assert s.load == 0.25
+    assert s.to_dict() == {"used": 1, "capacity": 4, "peak": 4, "total_in": 5, "total_out": 4}
+
+
+def test_get_many_and_put_many_and_peek():
+    q = LocalQueue(maxsize=10)
+    q.put_many(list("abcde"))
+    assert q.peek(3) == ["a", "b", "c"]
+    assert q.peek() == list("abcde")
+    assert q.qsize() == 5  # peek removes nothing
+    assert q.get_many(2) == ["a", "b"]
+    assert q.get_many(100) == ["c", "d", "e"]
+    with pytest.raises(queue.Empty):
+        q.get_many(5, block=False)
+
+
+def test_get_many_wakes_blocked_producers():
+    q = LocalQueue(maxsize=2)
+    q.put_many([1, 2])
+    producers = [Blocked(lambda i=i: q.put(10 + i)) for i in range(2)]
+    wait_for(lambda: _waiters(q.not_full) == 2, timeout=5)
+    assert q.get_many(2) == [1, 2]
+    for p in producers:
+        p.join()
+        assert p.error is None
+    assert sorted(q.get_many(2)) == [10, 11]
+
+
+def test_shutdown_wakes_a_blocked_put():
+    q = LocalQueue(maxsize=1)
+    q.put("filler")
+    put = Blocked(lambda: q.put("late"))
+    wait_for(lambda: _waiters(q.not_full) == 1, timeout=5)
+    assert not put.done.is_set()
+    q.shutdown()
+    put.join()
+    assert isinstance(put.error, QueueShutDown)
+    assert q.peek() == ["filler"]  # the blocked item was not added; queued items stay visible
+    assert q.statistics().total_in == 1
+
+
+def test_shutdown_wakes_a_blocked_get():
+    q = LocalQueue(maxsize=1)
+    get = Blocked(q.get)
+    wait_for(lambda: _waiters(q.not_empty) == 1, timeout=5)
+    assert not get.done.is_set()
+    q.shutdown()
+    get.join()
+    assert isinstance(get.error, QueueShutDown)
+    assert get.result is None
+
+
+def test_shutdown_wakes_every_blocked_caller_at_once():
+    full, empty = LocalQueue(maxsize=1), LocalQueue(maxsize=1)
+    full.put(0)
+    calls = [Blocked(lambda: full.put(1)) for _ in range(3)] + [Blocked(empty.get) for _ in range(3)]
+    wait_for(lambda: _waiters(full.not_full) == 3 and _waiters(empty.not_empty) == 3, timeout=5)
+    full.shutdown()
+    empty.shutdown()
+    for c in calls:
+        c.join()
+        assert isinstance(c.error, QueueShutDown)
+
+
+@pytest.mark.parametrize("call", [
+    lambda q: q.put(1),
+    lambda q: q.put_nowait(1),
+    lambda q: q.get(),
+    lambda q: q.get_nowait(),
+    lambda q: q.get_many(3),
+    lambda q: q.put_many([1]),
+])
+def test_calls_after_shutdown_raise(call):
+    q = LocalQueue(maxsize=3)
+    q.put("x")
+    q.shutdown()
+    with pytest.raises(QueueShutDown, match="shut down"):
+        call(q)
+    assert q.statistics().used == 1
