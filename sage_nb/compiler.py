@@ -17,6 +17,7 @@ Stream('out')
 from __future__ import annotations
 
 import itertools
+import pickle
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 from .communication.connection import Connection
 from .communication.queue_descriptor import BaseQueueDescriptor, PythonQueueDescriptor
 from .communication.router import BroadcastGroup
+from .errors import GraphError
 from .graph import describe_callable, validate
 from .runtime.context import ServiceContext, TaskContext
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
 
-__all__ = ["DEFAULT_QUEUE_MAXSIZE", "ExecutionGraph", "compile_graph"]
+__all__ = ["DEFAULT_QUEUE_MAXSIZE", "ExecutionGraph", "compile_graph", "needs_rpc"]
 
 #: Capacity of every input queue unless ``queue_maxsize=`` says otherwise (0: unbounded).
 DEFAULT_QUEUE_MAXSIZE = 1024
@@ -45,6 +47,31 @@ def _next_job_id(pipeline: str) -> str:
 def _safe(text: str, limit: int = 60) -> str:
     """``text`` reduced to the characters a queue id allows (names may hold anything)."""
     return re.sub(r"[^\w.\[\]\-]", "_", text)[:limit]
+
+
+def _wants_rpc(logical: nx.DiGraph, op: str) -> bool:
+    return any(d.get("queue") == "rpc" for _, _, d in logical.in_edges(op, data=True))
+
+
+def _rpc_factory(server: Any, logical: nx.DiGraph) -> Callable[[str, int], BaseQueueDescriptor]:
+    """Descriptors on ``server`` for the operators whose inputs go through RPC queues."""
+    def make(queue_id: str, maxsize: int) -> BaseQueueDescriptor:
+        if server is None:
+            raise GraphError("edges with queue='rpc' need an RPC queue server: pass rpc_server="
+                             "RPCQueueServer(...) or (host, port, secret), or use p.run(), which "
+                             "starts one for the job")
+        size = maxsize or DEFAULT_QUEUE_MAXSIZE
+        if hasattr(server, "descriptor"):
+            return server.descriptor(queue_id, size)
+        from .communication.rpc_queue import RPCQueueDescriptor
+        host, port, secret = server
+        return RPCQueueDescriptor(host, port, size, queue_id=queue_id, secret=secret)
+    return make
+
+
+def needs_rpc(logical: nx.DiGraph) -> bool:
+    """Whether some edge of ``logical`` asks for an RPC queue."""
+    return any(d.get("queue") == "rpc" for _, _, d in logical.edges(data=True))
 
 
 def _label(fn: Any) -> str | None:
@@ -104,12 +131,15 @@ class ExecutionGraph:
 
 def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
                   queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE, service_timeout: float = 10.0,
-                  queue_factory: Callable[[str, int], BaseQueueDescriptor] | None = None) -> ExecutionGraph:
+                  queue_factory: Callable[[str, int], BaseQueueDescriptor] | None = None,
+                  rpc_server: Any = None) -> ExecutionGraph:
     """Validate ``logical`` and build its :class:`ExecutionGraph`.
 
     ``queue_maxsize`` bounds every input queue (0: unbounded); ``job_id`` names the job
     and prefixes every queue id, so two jobs never share a queue; ``queue_factory(queue_id,
-    maxsize)`` makes the descriptors (default: :class:`PythonQueueDescriptor`).
+    maxsize)`` makes the descriptors (default: :class:`PythonQueueDescriptor`);
+    ``rpc_server`` (an ``RPCQueueServer``, or ``(host, port, secret)``) holds the input queues
+    of operators whose incoming edges say ``queue="rpc"`` (``p.run()`` starts one if needed).
     """
     import networkx as nx  # imported on first use: `import sage_nb` stays fast
 
@@ -124,8 +154,13 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
     job_id = _safe(job_id, 100)
     every = [inst for op in order for inst in names[op]]
     ids = {inst: f"{job_id}.{k}.{_safe(inst)}" for k, inst in enumerate(every)}
-    inputs = {inst: make_q(f"{ids[inst]}.in", queue_maxsize)
+    make_rpc = _rpc_factory(rpc_server, logical)
+    inputs = {inst: (make_rpc if _wants_rpc(logical, op) else make_q)(f"{ids[inst]}.in", queue_maxsize)
               for op in order if logical.nodes[op]["kind"] != "source" for inst in names[op]}
+    for op in order:  # from_queue sources read the user's queue (a private handle on it)
+        qd = logical.nodes[op].get("queue_descriptor")
+        if qd is not None:
+            inputs[names[op][0]] = qd if not qd.can_serialize else pickle.loads(pickle.dumps(qd))
     responses = {inst: make_q(f"{ids[inst]}.reply", 0) for inst in every} if service_specs else {}
 
     phys = nx.DiGraph(name=pipeline, job_id=job_id)

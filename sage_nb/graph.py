@@ -10,7 +10,11 @@ Node attributes:
     ``items`` — a source's iterable (``from_iterable``); ``parallelism`` — instances (default 1).
 Edge attributes:
     ``strategy`` — ``"round_robin"`` (default) | ``"hash"`` | ``"broadcast"``;
-    ``key`` — the key function of a ``hash`` edge; ``input_index`` — the target's input (default 0).
+    ``key`` — the key function of a ``hash`` edge; ``input_index`` — the target's input (default 0);
+    ``queue`` — ``"python"`` (default) or ``"rpc"``: the kind of the target's input queues (every
+    edge into one operator must agree, since each instance has one input queue).
+A source may also read an external queue: ``queue_descriptor`` instead of ``items``/``fn``
+(``Pipeline.from_queue``; the stream ends when ``sage_nb.END`` is read).
 Graph attributes: ``name``; ``services`` — ``{name: ServiceSpec}``.
 
 >>> p = Pipeline("wordcount")
@@ -38,10 +42,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compiler import ExecutionGraph
     from .runtime.job import Job
 
-__all__ = ["KINDS", "MAX_PARALLELISM", "ConnectedStreams", "Pipeline", "ServiceSpec", "Stream",
+__all__ = ["KINDS", "MAX_PARALLELISM", "QUEUE_KINDS", "ConnectedStreams", "Pipeline", "ServiceSpec", "Stream",
            "describe_callable", "validate"]
 
 KINDS = ("source", "map", "flat_map", "filter", "co_map", "sink")
+QUEUE_KINDS = ("python", "rpc")
 MAX_PARALLELISM = 256
 
 
@@ -108,12 +113,14 @@ def _check_node(g: nx.DiGraph, name: str) -> None:
     _check_parallelism(name, attrs.get("parallelism", 1))
     fn = attrs.get("fn")
     if kind == "source":
-        if ("items" in attrs) == (fn is not None):
-            raise GraphError(f"source {name!r} needs exactly one of 'items' (an iterable) or 'fn' "
-                             f"(a callable or generator function)")
+        given = [k for k in ("items", "fn", "queue_descriptor") if attrs.get(k) is not None
+                 or (k == "items" and "items" in attrs)]
+        if len(given) != 1:
+            raise GraphError(f"source {name!r} needs exactly one of 'items' (an iterable), 'fn' "
+                             f"(a callable or generator function) or 'queue_descriptor'; got {given}")
         if fn is not None:
             _check_callable(name, "the source function", fn)
-        elif not isinstance(attrs["items"], Iterable):
+        elif "items" in attrs and not isinstance(attrs["items"], Iterable):
             raise GraphError(f"source {name!r}: items must be iterable, got {type(attrs['items']).__name__}")
     elif kind == "co_map":
         _co_map_arity(name, fn)
@@ -131,6 +138,10 @@ def _check_inputs(g: nx.DiGraph, name: str) -> None:
     if not edges:
         raise GraphError(f"node {name!r} ({kind}) has no input; connect an upstream operator to it")
     indexes = sorted(d.get("input_index", 0) for _, _, d in edges)
+    queues = {d.get("queue", "python") for _, _, d in edges}
+    if not queues <= set(QUEUE_KINDS) or len(queues) > 1:
+        raise GraphError(f"edges into {name!r} ask for queue kinds {sorted(queues)}; each instance has "
+                         f"one input queue, so they must agree on one of {list(QUEUE_KINDS)}")
     if kind == "co_map":
         n = _co_map_arity(name, g.nodes[name].get("fn"))
         if indexes != list(range(n)):
@@ -245,6 +256,14 @@ class Pipeline:
         _check_callable(name or "source", "from_source's argument", fn)
         return self.add_node("source", [], name=name, parallelism=parallelism, fn=fn)
 
+    def from_queue(self, descriptor: Any, *, name: str | None = None) -> Stream:
+        """A source fed through a queue descriptor, e.g. an ``RPCQueueDescriptor`` that a
+        producer in another process puts into; the stream ends when it reads ``sage_nb.END``."""
+        if not hasattr(descriptor, "queue_instance"):
+            raise GraphError(f"from_queue needs a queue descriptor, got {type(descriptor).__name__}")
+        return self.add_node("source", [], name=name or "queue", parallelism=1,
+                             queue_descriptor=descriptor)
+
     def service(self, name: str, factory: Callable[..., Any], *args: Any, workers: int = 1,
                 **kwargs: Any) -> None:
         """Declare a service: ``factory(*args, **kwargs)`` is built once per job and serves
@@ -298,15 +317,21 @@ class Stream:
     def key_by(self, key: Callable[[Any], Any]) -> Stream:
         """Hash-partition the next edge by ``key(item)``: equal keys meet at one instance."""
         _check_callable(self.node, "key_by's key", key)
-        return Stream(self.pipeline, self.node, {"strategy": "hash", "key": key})
+        return Stream(self.pipeline, self.node, {**self.edge, "strategy": "hash", "key": key})
 
     def broadcast(self) -> Stream:
         """Send every item to every instance of the next operator."""
-        return Stream(self.pipeline, self.node, {"strategy": "broadcast"})
+        return Stream(self.pipeline, self.node, {**self.edge, "strategy": "broadcast"})
 
     def rebalance(self) -> Stream:
         """Round-robin the next edge (the default)."""
-        return Stream(self.pipeline, self.node, {"strategy": "round_robin"})
+        return Stream(self.pipeline, self.node, {**self.edge, "strategy": "round_robin"})
+
+    def via(self, queue: str) -> Stream:
+        """Carry the next edge through ``queue`` = ``"rpc"`` (a TCP queue server) or ``"python"``."""
+        if queue not in QUEUE_KINDS:
+            raise GraphError(f"unknown queue kind {queue!r}; use one of {list(QUEUE_KINDS)}")
+        return Stream(self.pipeline, self.node, {**self.edge, "queue": queue})
 
     def connect(self, *others: Stream) -> ConnectedStreams:
         """Several streams into one operator; input ``i`` is the ``i``-th stream (see ``co_map``)."""

@@ -11,7 +11,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from ..communication.local_queue import QueueStats
+from ..communication.local_queue import QueueShutDown, QueueStats
 from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace
 from .service import ServiceCaller, ServiceRunner
 from .task import BaseTask, Control
@@ -57,6 +57,11 @@ class Dispatcher:
         self._remaining = len(self.tasks)
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self.closers: list[Any] = []  # called once every task has ended
+        self._final_stats: dict[str, QueueStats] | None = None
+        self._last_stats: dict[str, QueueStats] = {}
+        self.cleanup_errors: list[BaseException] = []
+        self.on_error: Any = None   # breakpoints: called as on_error(task, exc, packet) first
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -84,6 +89,8 @@ class Dispatcher:
             self.backend.spawn(task.run, name)
 
     def task_failed(self, task: BaseTask, exc: BaseException, packet: Any) -> None:
+        if self.on_error is not None:  # an error breakpoint pauses here, before the job fails
+            self.on_error(task, exc, packet)
         with self._lock:
             first = self.exception is None
             if first:
@@ -109,6 +116,13 @@ class Dispatcher:
                 self._timer.cancel()
             for runner in self.services.values():
                 runner.stop()
+            if self.closers:  # resources the job owns (its RPC queue server): read them one last time
+                self._final_stats = self.queue_stats()
+                for close in self.closers:
+                    try:
+                        close()
+                    except Exception as exc:  # never let cleanup kill the task thread silently
+                        self.cleanup_errors.append(exc)
             self.ended = time.monotonic()
             self.done.set()
 
@@ -117,7 +131,8 @@ class Dispatcher:
         self.cancelled = self.cancelled or self.exception is None
         self.control.cancel_all()
         for qd in self.plan.queues():
-            shutdown = getattr(qd.queue_instance, "shutdown", None) if qd.is_initialized() else None
+            q = qd.queue_instance if qd.is_initialized() else None
+            shutdown = getattr(q, "shutdown", None) or getattr(q, "close", None)
             if shutdown is not None:
                 shutdown()
 
@@ -134,8 +149,16 @@ class Dispatcher:
     # ------------------------------------------------------------------ reading
     def queue_stats(self) -> dict[str, QueueStats]:
         """One reading of every input queue, by queue id."""
-        return {c.input_qd.queue_id: c.input_qd.statistics()
-                for c in self.plan.contexts.values() if c.input_qd is not None}
+        if self._final_stats is not None:
+            return self._final_stats
+        for c in self.plan.contexts.values():
+            if c.input_qd is not None:
+                try:
+                    self._last_stats[c.input_qd.queue_id] = c.input_qd.statistics()
+                except (QueueShutDown, OSError):  # a remote queue already closed: last reading
+                    self._last_stats.setdefault(c.input_qd.queue_id, QueueStats(
+                        0, c.input_qd.metadata.get("maxsize") or None, 0, 0, 0))
+        return dict(self._last_stats)
 
     def task_snapshots(self, stats: dict[str, QueueStats]) -> tuple[TaskSnapshot, ...]:
         out = []

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["JobManager"]
 
-_COMPILE_OPTIONS = {"job_id", "queue_maxsize", "service_timeout", "queue_factory"}
+_COMPILE_OPTIONS = {"job_id", "queue_maxsize", "service_timeout", "queue_factory", "rpc_server"}
 
 
 class JobManager:
@@ -42,11 +42,12 @@ class JobManager:
         """Compile a logical graph (see :func:`sage_nb.compiler.compile_graph`)."""
         return compiler.compile_graph(graph, **options)
 
-    def submit(self, plan: compiler.ExecutionGraph, backend: str = "threads", **options: Any) -> Job:
-        """Start ``plan``; the pipeline's previous job, if still running, is stopped first."""
-        job = Job(plan, backend, **options)
+    def submit(self, plan: compiler.ExecutionGraph | Job, backend: str = "threads", **options: Any) -> Job:
+        """Start ``plan`` (or a job not started yet); the pipeline's previous job, if still
+        running, is stopped first."""
+        job = plan if isinstance(plan, Job) else Job(plan, backend, **options)
         for old in self.jobs():
-            if old.pipeline_name == plan.pipeline:
+            if old.pipeline_name == job.pipeline_name:
                 old.stop(drain=False)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done] + [job]
@@ -56,7 +57,19 @@ class JobManager:
         """Compile ``graph`` with the compile options among ``options`` and submit it."""
         compile_opts = {k: v for k, v in options.items() if k in _COMPILE_OPTIONS}
         run_opts = {k: v for k, v in options.items() if k not in _COMPILE_OPTIONS}
-        return self.submit(self.compile(graph, **compile_opts), backend, **run_opts)
+        server = None
+        if compiler.needs_rpc(graph) and compile_opts.get("rpc_server") is None:
+            from ..communication.rpc_server import RPCQueueServer  # a loopback server for this job
+            server = compile_opts["rpc_server"] = RPCQueueServer().start()
+        try:
+            job = Job(self.compile(graph, **compile_opts), backend, **run_opts)
+        except BaseException:
+            if server is not None:
+                server.close()
+            raise
+        if server is not None:
+            job.runner.closers.append(server.close)
+        return self.submit(job)
 
     def jobs(self) -> list[Job]:
         """The jobs that are still running, oldest first."""

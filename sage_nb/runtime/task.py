@@ -25,7 +25,17 @@ from .context import TaskContext
 __all__ = ["END", "BaseTask", "Control"]
 
 #: Returned by a callable source to end its stream.
-END: Any = type("EndOfStream", (), {"__repr__": lambda self: "sage_nb.END"})()
+class _EndOfStream:
+    """The end-of-stream marker a source returns or a producer puts (one object, even pickled)."""
+
+    def __repr__(self) -> str:
+        return "sage_nb.END"
+
+    def __reduce__(self) -> str:
+        return "END"
+
+
+END: Any = _EndOfStream()
 KEY_CAP = 1000      # distinct keys counted per instance for the key distribution
 BATCH_MAX = 256     # packets taken from the input queue in one call
 
@@ -81,6 +91,14 @@ class _Shared:
                     item = next(self._it)
                 except StopIteration:
                     return
+            yield item
+
+
+def _queue_items(q: Any) -> Iterator[Any]:
+    while True:
+        for item in q.get_many(BATCH_MAX):
+            if item is END:
+                return
             yield item
 
 
@@ -220,6 +238,8 @@ class BaseTask:
     def _source_items(self, fn: Any) -> Iterator[Any]:
         """This instance's items: its own (a class instance, a stride of a sequence) or a share."""
         ctx = self.ctx
+        if self.attrs.get("queue_descriptor") is not None:  # from_queue: read until END
+            return _queue_items(ctx.input_qd.queue_instance)  # type: ignore[union-attr]
         if self._per_instance:  # one object per instance: the user splits
             return iter(fn) if hasattr(fn, "__iter__") else _calls(fn)
         if fn is None:  # from_iterable
