@@ -29,7 +29,7 @@ def test_demo_pipeline_counts_every_word_and_reports_routing():
     for t in snap.tasks:
         if t.operator == "count":
             for key, _ in t.top_keys:
-                assert partition(eval(key), 3) == t.parallel_index  # noqa: S307 - repr of a str
+                assert partition(eval(key), 3) == t.parallel_index
 
 
 def test_sage_nb_demo_command_prints_the_table():

@@ -57,16 +57,20 @@ class LoadHistory:
         self.maxlen = maxlen
         self.times: list[float] = []
         self.loads: dict[str, list[float]] = {}
+        self.peaks: dict[str, float] = {}      # the queues' own peak fill, from their statistics
         self.job_id: str | None = None
 
     def clear(self) -> None:
         self.times.clear()
         self.loads.clear()
+        self.peaks.clear()
 
     def add_snapshot(self, snap: JobSnapshot) -> None:
         if snap.job_id != self.job_id:
             self.clear()
             self.job_id = snap.job_id
+        self.peaks = {t.name: t.queue.peak / t.queue.capacity for t in snap.tasks
+                      if t.queue is not None and t.queue.capacity}
         if self.times and snap.elapsed <= self.times[-1]:
             return
         self.add(snap.elapsed, queue_loads(snap))

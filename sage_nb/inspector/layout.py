@@ -1,34 +1,41 @@
 """Layered left-to-right layout, computed once in Python so every renderer draws the same picture.
 
 Operators are placed in topological generations (``networkx.topological_generations``),
-ordered inside a layer by the mean position of their predecessors to avoid crossings.
-In the physical view each operator's instances are stacked in a band at the operator's
-layer. Edges are cubic Bézier curves; edge labels are placed along their curve where
-they do not overlap nodes or other labels.
+ordered inside a layer by the mean position of their predecessors to avoid crossings. In
+the physical view each operator's instances are stacked in a band (a dashed group box).
 
->>> boxes = logical_boxes(["src", "a", "b", "sink"],
-...                       [("src", "a"), ("src", "b"), ("a", "sink"), ("b", "sink")])
->>> [round(boxes[n].x) for n in ("src", "a", "sink")]
-[24, 380, 736]
->>> boxes["a"].y < boxes["b"].y
+Edge labels never overlap: like NiFi's connection labels, each label sits in the gap
+after its source's layer, the labels of one gap are stacked without overlap (close to
+where their edges are headed), and the edge is drawn *through* its label: a curve from
+the source to the label's left side, then from its right side to the target.
+
+>>> lay = compute([("src", ["src"]), ("a", ["a"]), ("b", ["b"]), ("sink", ["sink"])],
+...               [("src", "a"), ("src", "b"), ("a", "sink"), ("b", "sink")],
+...               [("src", "a"), ("src", "b"), ("a", "sink"), ("b", "sink")], label=(160, 50))
+>>> lay.boxes["src"].x < lay.boxes["a"].x == lay.boxes["b"].x < lay.boxes["sink"].x
 True
+>>> len(lay.routes[0].points), lay.boxes["a"].y < lay.boxes["b"].y
+(8, True)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 
-__all__ = ["Box", "arrow_head", "curve", "layers", "logical_boxes", "physical_boxes",
-           "place_labels", "point_on"]
+__all__ = ["Box", "Layout", "Route", "compute", "layers", "pack"]
 
-NODE_W, NODE_H = 156, 58
+NODE_W, NODE_H = 144, 58
 MARGIN = 24
-LOGICAL_GAP, LOGICAL_ROW = 200, 100      # horizontal gap between layers, row pitch
-PHYSICAL_GAP, PHYSICAL_ROW = 230, 76
-GROUP_PAD, GROUP_TITLE, GROUP_GAP = 10, 20, 36
+ROW = {"logical": 100, "physical": 74}      # vertical pitch of nodes
+GROUP_PAD, GROUP_TITLE, GROUP_GAP = 10, 20, 30
+EDGE_RUN = 46        # horizontal run of a curve between a node and a label
+LABEL_SEP = 8        # vertical space between stacked labels
+MAX_STACK = 640      # a gap gets another column of labels beyond this height
 
 Point = tuple[float, float]
 
@@ -42,13 +49,34 @@ class Box:
     w: float
     h: float
 
-    def overlap(self, other: Box) -> float:
-        dx = min(self.x + self.w, other.x + other.w) - max(self.x, other.x)
-        dy = min(self.y + self.h, other.y + other.h) - max(self.y, other.y)
-        return dx * dy if dx > 0 and dy > 0 else 0.0
+    @property
+    def cy(self) -> float:
+        return self.y + self.h / 2
+
+    def moved(self, dy: float) -> Box:
+        return Box(self.x, self.y + dy, self.w, self.h)
 
 
-def layers(nodes: Sequence[str], edges: Iterable[tuple[str, str]]) -> list[list[str]]:
+@dataclass(frozen=True)
+class Route:
+    """One edge: 8 points (curve to the label, straight under it, curve to the target),
+    the label's centre and the arrow head's triangle."""
+
+    points: tuple[Point, ...]
+    centre: Point
+    arrow: tuple[Point, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    boxes: dict[str, Box]
+    groups: dict[str, Box]
+    routes: list[Route]
+    width: float
+    height: float
+
+
+def layers(nodes: Sequence[str], edges: Sequence[tuple[str, str]]) -> list[list[str]]:
     """Nodes in layers, left to right; ties keep the order of ``nodes``."""
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
@@ -72,88 +100,110 @@ def layers(nodes: Sequence[str], edges: Iterable[tuple[str, str]]) -> list[list[
     return result
 
 
-def _column_x(layer: int, gap: float) -> float:
-    return MARGIN + layer * (NODE_W + gap)
+def pack(ideals: Sequence[float], size: float) -> list[float]:
+    """Centres as close as possible to ``ideals`` (kept in order), at least ``size`` apart.
+
+    >>> pack([0, 0, 100], 10)
+    [-5.0, 5.0, 100.0]
+    """
+    clusters: list[list[float]] = []          # [first index, count, centre]
+    for i, y in enumerate(ideals):
+        clusters.append([i, 1, float(y)])
+        while len(clusters) > 1:
+            a, b = clusters[-2], clusters[-1]
+            if a[2] + a[1] * size / 2 <= b[2] - b[1] * size / 2:
+                break
+            n = a[1] + b[1]
+            mean = sum(ideals[a[0]: a[0] + n]) / n
+            clusters[-2:] = [[a[0], n, mean]]
+    out = []
+    for _, n, centre in clusters:
+        top = centre - (n - 1) * size / 2
+        out += [top + k * size for k in range(n)]
+    return out
 
 
-def logical_boxes(nodes: Sequence[str], edges: Iterable[tuple[str, str]]) -> dict[str, Box]:
-    """One box per operator; layers are centred vertically on the tallest one."""
-    cols = layers(nodes, edges)
-    tallest = max((len(c) for c in cols), default=0)
-    boxes = {}
-    for i, col in enumerate(cols):
-        top = MARGIN + (tallest - len(col)) * LOGICAL_ROW / 2
-        for j, n in enumerate(col):
-            boxes[n] = Box(_column_x(i, LOGICAL_GAP), top + j * LOGICAL_ROW, NODE_W, NODE_H)
-    return boxes
-
-
-def physical_boxes(operators: Sequence[tuple[str, Sequence[str]]],
-                   edges: Iterable[tuple[str, str]]) -> tuple[dict[str, Box], dict[str, Box]]:
-    """Boxes per instance, and one group box per operator around its instances."""
-    instances = dict(operators)
-    cols = layers([name for name, _ in operators], edges)
+def _bands(cols: list[list[str]], instances: dict[str, Sequence[str]], view: str
+           ) -> tuple[dict[str, tuple[int, float]], dict[str, tuple[int, float]], float]:
+    """Column and top y of every node and group box (x is set once the gaps are known)."""
+    grouped = view == "physical"
+    row = ROW[view]
 
     def band(op: str) -> float:
-        return GROUP_TITLE + len(instances[op]) * PHYSICAL_ROW - (PHYSICAL_ROW - NODE_H) + GROUP_PAD
+        if not grouped:
+            return row
+        return GROUP_TITLE + (len(instances[op]) - 1) * row + NODE_H + GROUP_PAD
 
-    heights = [sum(band(op) for op in col) + GROUP_GAP * (len(col) - 1) for col in cols]
+    heights = [sum(band(op) for op in col) + (GROUP_GAP if grouped else 0) * (len(col) - 1) for col in cols]
     tallest = max(heights, default=0.0)
-    boxes: dict[str, Box] = {}
-    groups: dict[str, Box] = {}
+    nodes, groups = {}, {}
     for i, col in enumerate(cols):
-        x = _column_x(i, PHYSICAL_GAP)
-        y = MARGIN + GROUP_PAD + (tallest - heights[i]) / 2
+        y = (tallest - heights[i]) / 2
         for op in col:
-            groups[op] = Box(x - GROUP_PAD, y - GROUP_PAD, NODE_W + 2 * GROUP_PAD, band(op) + GROUP_PAD)
-            for j, name in enumerate(instances[op]):
-                boxes[name] = Box(x, y + GROUP_TITLE + j * PHYSICAL_ROW, NODE_W, NODE_H)
-            y += band(op) + GROUP_GAP
-    return boxes, groups
+            if grouped:
+                groups[op] = (i, y)
+                for j, name in enumerate(instances[op]):
+                    nodes[name] = (i, y + GROUP_TITLE + j * row)
+                y += band(op) + GROUP_GAP
+            else:
+                nodes[op] = (i, y)
+                y += band(op)
+    return nodes, groups, tallest
 
 
-def curve(src: Box, dst: Box) -> list[Point]:
-    """Cubic Bézier control points from the right side of ``src`` to the left side of ``dst``."""
-    x0, y0 = src.x + src.w, src.y + src.h / 2
-    x1, y1 = dst.x - 9, dst.y + dst.h / 2        # stop short: the arrow head fills the gap
-    dx = max(40.0, (x1 - x0) / 2)
-    return [(x0, y0), (x0 + dx, y0), (x1 - dx, y1), (x1, y1)]
+def _route(src: Box, dst: Box, centre: Point, label: tuple[float, float]) -> Route:
+    lw = label[0]
+    x0, y0 = src.x + src.w, src.cy
+    lx0, lx1, ly = centre[0] - lw / 2, centre[0] + lw / 2, centre[1]
+    x1, y1 = dst.x - 9, dst.cy                 # stop short: the arrow head fills the gap
+    d0, d1 = max(20.0, (lx0 - x0) / 2), max(20.0, (x1 - lx1) / 2)
+    pts = ((x0, y0), (x0 + d0, y0), (lx0 - d0, ly), (lx0, ly),
+           (lx1, ly), (lx1 + d1, ly), (x1 - d1, y1), (x1, y1))
+    arrow = ((x1 + 9, y1), (x1 - 1, y1 - 5.5), (x1 - 1, y1 + 5.5))
+    return Route(pts, centre, arrow)
 
 
-def arrow_head(points: Sequence[Point], size: float = 10.0) -> list[Point]:
-    """A triangle pointing right, its tip touching the target node."""
-    x, y = points[-1]
-    return [(x + 9, y), (x + 9 - size, y - size / 2), (x + 9 - size, y + size / 2)]
-
-
-def point_on(points: Sequence[Point], t: float) -> Point:
-    """The point at parameter ``t`` of a cubic Bézier curve."""
-    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = points
-    u = 1 - t
-    a, b, c, d = u * u * u, 3 * u * u * t, 3 * u * t * t, t * t * t
-    return (a * x0 + b * x1 + c * x2 + d * x3, a * y0 + b * y1 + c * y2 + d * y3)
-
-
-_CANDIDATES = (0.5, 0.38, 0.62, 0.28, 0.72, 0.45, 0.55, 0.2, 0.8)
-
-
-def place_labels(curves: Sequence[Sequence[Point]], size: tuple[float, float],
-                 obstacles: Sequence[Box]) -> list[Point]:
-    """Label centres along each curve, avoiding ``obstacles`` and the labels placed before."""
-    w, h = size
-    placed: list[Box] = []
-    centres = []
-    for pts in curves:
-        best, best_cost = None, float("inf")
-        for t in _CANDIDATES:
-            cx, cy = point_on(pts, t)
-            box = Box(cx - w / 2, cy - h / 2, w, h)
-            cost = sum(box.overlap(o) for o in (*obstacles, *placed))
-            if cost < best_cost:
-                best, best_cost = box, cost
-            if cost == 0:
-                break
-        assert best is not None
-        placed.append(best)
-        centres.append((best.x + w / 2, best.y + h / 2))
-    return centres
+def compute(operators: Sequence[tuple[str, Sequence[str]]], op_edges: Sequence[tuple[str, str]],
+            links: Sequence[tuple[str, str]], *, label: tuple[float, float],
+            view: str = "logical") -> Layout:
+    """Boxes for the nodes of ``view`` (operators or instances) and a route for every link."""
+    instances = {op: list(inst) if view == "physical" else [op] for op, inst in operators}
+    cols = layers([op for op, _ in operators], op_edges)
+    col_of = {op: i for i, col in enumerate(cols) for op in col}
+    op_of = {n: op for op, inst in instances.items() for n in inst}
+    node_pos, group_pos, tallest = _bands(cols, instances, view)
+    lw, lh = label
+    pitch = lh + LABEL_SEP
+    by_gap: dict[int, list[int]] = defaultdict(list)
+    for k, (s, _) in enumerate(links):
+        by_gap[col_of[op_of[s]]].append(k)
+    stack_cols = {g: max(1, math.ceil(len(ks) * pitch / max(MAX_STACK, tallest))) for g, ks in by_gap.items()}
+    xs = [float(MARGIN + GROUP_PAD)]
+    for i in range(len(cols) - 1):
+        gap = 2 * EDGE_RUN + stack_cols.get(i, 1) * (lw + 16) - 16
+        xs.append(xs[-1] + NODE_W + gap)
+    boxes = {n: Box(xs[i], y, NODE_W, NODE_H) for n, (i, y) in node_pos.items()}
+    groups = {op: Box(xs[i] - GROUP_PAD, y, NODE_W + 2 * GROUP_PAD, GROUP_TITLE + (len(instances[op]) - 1)
+                      * ROW[view] + NODE_H + GROUP_PAD) for op, (i, y) in group_pos.items()}
+    centres: dict[int, Point] = {}
+    for g, ks in by_gap.items():
+        ks.sort(key=lambda k: (0.35 * boxes[links[k][0]].cy + 0.65 * boxes[links[k][1]].cy,
+                               boxes[links[k][1]].cy, boxes[links[k][0]].cy))
+        n_cols = stack_cols[g]
+        per_col = math.ceil(len(ks) / n_cols)
+        for c in range(n_cols):
+            chunk = ks[c * per_col:(c + 1) * per_col]
+            ideals = [0.35 * boxes[links[k][0]].cy + 0.65 * boxes[links[k][1]].cy for k in chunk]
+            x = xs[g] + NODE_W + EDGE_RUN + lw / 2 + c * (lw + 16)
+            centres.update({k: (x, y) for k, y in zip(chunk, pack(ideals, pitch), strict=True)})
+    # shift everything down so the topmost box or label starts at the margin
+    tops = [b.y for b in boxes.values()] + [b.y for b in groups.values()] + [y - lh / 2 for _, y in centres.values()]
+    dy = MARGIN - min(tops, default=MARGIN)
+    boxes = {n: b.moved(dy) for n, b in boxes.items()}
+    groups = {n: b.moved(dy) for n, b in groups.items()}
+    routes = [_route(boxes[s], boxes[t], (centres[k][0], centres[k][1] + dy), label)
+              for k, (s, t) in enumerate(links)]
+    right = [b.x + b.w for b in (*boxes.values(), *groups.values())] + [r.centre[0] + lw / 2 for r in routes]
+    bottom = [b.y + b.h for b in (*boxes.values(), *groups.values())] + [r.centre[1] + lh / 2 for r in routes]
+    return Layout(boxes, groups, routes, float(round(max(right, default=0) + MARGIN)),
+                  float(round(max(bottom, default=0) + MARGIN)))

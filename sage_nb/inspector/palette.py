@@ -43,6 +43,7 @@ STATE_COLORS: dict[str, tuple[str, str, str]] = {
     "backpressured": ("#f28c28", "#1b1f23", "blocked: a downstream queue is full"),
     "paused": ("#8e44ad", "#ffffff", "paused by the user"),
     "draining": ("#00897b", "#ffffff", "received some stop signals"),
+    "closing": ("#4db6ac", "#1b1f23", "all stop signals in: flushing, close()"),
     "finished": ("#4f6470", "#ffffff", "all stop signals received, done"),
     "failed": ("#c62828", "#ffffff", "raised an exception"),
     "cancelled": ("#a0a4a8", "#1b1f23", "stopped before the end"),
@@ -54,7 +55,7 @@ PATH_COLOR = "#d81b60"       # a packet's highlighted path
 SELECT_COLOR = "#111111"
 
 # When several instances of one operator differ, the logical node shows the most urgent.
-_URGENCY = ("failed", "backpressured", "busy", "draining", "paused", "idle", "starting",
+_URGENCY = ("failed", "backpressured", "busy", "draining", "closing", "paused", "idle", "starting",
             "cancelled", "finished")
 
 
@@ -106,7 +107,7 @@ def legend() -> dict[str, Any]:
         "levels": [
             {"level": "green", "color": LEVEL_COLORS["green"], "label": f"queue ≤ {AMBER_ABOVE} %"},
             {"level": "amber", "color": LEVEL_COLORS["amber"],
-             "label": f"{AMBER_ABOVE + 1}–{RED_ABOVE} %"},
+             "label": f"{AMBER_ABOVE + 1}\N{EN DASH}{RED_ABOVE} %"},
             {"level": "red", "color": LEVEL_COLORS["red"], "label": f"> {RED_ABOVE} %"},
         ],
         "path": PATH_COLOR,

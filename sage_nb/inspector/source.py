@@ -36,6 +36,11 @@ class Source:
     def read(self) -> JobSnapshot | None:
         raise NotImplementedError
 
+    def changed(self) -> bool:
+        """Cheap: has something happened that the next ``read()`` must show at once (the job
+        ended, a new job started)?"""
+        return False
+
     def job(self) -> Any:
         return None
 
@@ -73,6 +78,9 @@ class JobSource(Source):
     def job(self) -> Any:
         return self._job
 
+    def changed(self) -> bool:
+        return not self.finished and bool(self._job.done)
+
     def read(self) -> JobSnapshot | None:
         if self.finished:
             return None
@@ -100,16 +108,18 @@ class PipelineSource(Source):
         return self._job
 
     def _latest(self) -> Any:
-        try:
-            from ..runtime import JobManager
-        except ImportError:      # the runtime is optional for a static look at a plan
-            return None
-        return JobManager.latest(self.pipeline.name)
+        from ..runtime.manager import JobManager
+
+        return JobManager.default().latest(self.pipeline.name)
 
     def _plan(self) -> JobSnapshot:
         from ..runtime.job import plan_snapshot
 
         return plan_snapshot(self.pipeline.compile())
+
+    def changed(self) -> bool:
+        job = self._job
+        return self._latest() is not job or (job is not None and not self._job_final and bool(job.done))
 
     def read(self) -> JobSnapshot | None:
         latest = self._latest()

@@ -128,7 +128,7 @@ def routing_rows(trace: Sequence[RoutingDecision], limit: int = 60) -> list[dict
         rows.append({
             "seq": d.seq,
             "packet": f"#{d.seq}",
-            "key": "" if d.strategy == "round_robin" else short_repr(d.key, 24),
+            "key": "" if d.strategy == "round_robin" else short_repr(repr(d.key), 24),
             "from": d.sender,
             "to": ", ".join(d.targets),
             "group": d.group,
@@ -161,7 +161,7 @@ def packet_path(snap: JobSnapshot, seq: int, view: str) -> list[str]:
 # ----------------------------------------------------------------------------- key distribution
 def _hash_operators(snap: JobSnapshot) -> list[tuple[str, str | None]]:
     found: dict[str, str | None] = {}
-    for src, dst, strategy, key_label, _ in snap.logical_edges:
+    for _src, dst, strategy, key_label, _ in snap.logical_edges:
         if strategy == "hash" and dst not in found:
             found[dst] = key_label
     for d in snap.trace:
@@ -193,7 +193,7 @@ def key_distribution(snap: JobSnapshot, top: int = 3) -> list[dict[str, Any]]:
             "key_label": key_label or "key",
             "total": total,
             "skew": None if skew is None else round(skew, 2),
-            "skew_text": "–" if skew is None else f"{skew:.2f}",
+            "skew_text": "\N{EN DASH}" if skew is None else f"{skew:.2f}",
             "skew_level": skew_level(skew),
             "instances": [{
                 "name": n,

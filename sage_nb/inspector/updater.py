@@ -9,7 +9,9 @@ happens to run, so problems are reported through ``on_error`` (a trait) instead.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,9 @@ __all__ = ["MAX_RATE", "MIN_RATE", "Registry", "Updater"]
 
 MAX_RATE = 10.0     # updates a second, at most
 MIN_RATE = 1.0      # at least: the thread notices the end of a job within a second
-IDLE_INTERVAL = 1.0
+IDLE_INTERVAL = 1.0  # also the longest wait: the end of a job is seen within a second
+DUTY = 0.025        # the share of one core the updates may use
+POLL = 0.2          # how often a sleeping updater checks whether its job has ended
 
 
 class Updater:
@@ -35,6 +39,7 @@ class Updater:
         self.on_error = on_error
         self.on_exit = on_exit
         self._stop = threading.Event()
+        self._costs: deque[float] = deque(maxlen=5)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -52,18 +57,37 @@ class Updater:
         return not self._thread.is_alive()
 
     def _interval(self, idle: bool) -> float:
+        """Seconds to the next update: the rate asked for, slower if updates are costly.
+
+        An update that took ``c`` seconds of this thread's CPU waits at least ``c / DUTY``:
+        the inspector never takes more than ``DUTY`` of a core (and of the GIL) from the job.
+        The cheapest of the last few updates counts, so one slow update (a timeline
+        rendering) does not stall the next ones.
+        """
         rate = min(MAX_RATE, max(MIN_RATE, self.rate()))
-        return max(1.0 / rate, IDLE_INTERVAL if idle else 0.0)
+        budget = min(self._costs) / DUTY if self._costs else 0.0
+        return min(IDLE_INTERVAL, max(1.0 / rate, budget, IDLE_INTERVAL if idle else 0.0))
+
+    def _sleep(self, interval: float) -> None:
+        """Wait ``interval`` s, waking early on ``stop()`` or when the job ends or changes."""
+        deadline = time.monotonic() + interval
+        while not self._stop.is_set() and not self.source.changed():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, POLL))
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                start = time.thread_time()
                 snap = self.source.read()
                 if snap is not None and not self._stop.is_set():
                     self.apply(snap)
+                    self._costs.append(time.thread_time() - start)
                 if self.source.finished:
                     return
-                self._stop.wait(self._interval(idle=snap is None))
+                self._sleep(self._interval(idle=snap is None))
         except Exception as exc:   # shown in the widget; the job itself is not affected
             self.on_error(f"inspector stopped updating: {exc!r}\n{traceback.format_exc()}")
         finally:

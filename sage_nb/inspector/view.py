@@ -8,23 +8,47 @@ assert on it without a browser. Names are kept as data; every renderer escapes t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from ..metrics import ConnectionSnapshot, JobSnapshot, TaskSnapshot
 from . import layout
-from .palette import EDGE_IDLE, LEVEL_COLORS, aggregate_state, load_level, load_percent, state_colors
+from .palette import (
+    EDGE_IDLE,
+    LEVEL_COLORS,
+    aggregate_state,
+    load_level,
+    load_percent,
+    state_colors,
+)
 from .tables import Rates, connection_ids, format_rate, logical_edge_ids, short_repr, strategy_label
 
 __all__ = ["VIEWS", "error_view", "graph_view", "status_view", "stops_text"]
 
 VIEWS = ("logical", "physical")
-LABEL_SIZE = {"logical": (164.0, 50.0), "physical": (150.0, 34.0)}
+LABEL_SIZE = {"logical": (150.0, 50.0), "physical": (128.0, 34.0)}
 NO_RATES = Rates({}, {}, {}, {}, average=True)
+WORKING = ("busy", "idle", "draining")
+NODE_CHARS, GROUP_CHARS, LABEL_CHARS = 15, 21, 21     # what fits in a node, a group title, a label
+BACKPRESSURED_MS = 500.0      # blocked ms per second above which a working task shows backpressured
 
 
 def _r(x: float) -> float:
     return round(x, 1)
+
+
+def fit(text: str, limit: int) -> str:
+    """``text`` shortened in the middle to ``limit`` characters, keeping an ``[i]`` suffix.
+
+    >>> fit("count[2]", 16), fit("a_very_long_operator_name[12]", 16)
+    ('count[2]', 'a_very_long…[12]')
+    """
+    if len(text) <= limit:
+        return text
+    tail = text[text.rfind("["):] if text.endswith("]") and "[" in text else text[-3:]
+    tail = tail if len(tail) < limit // 2 else text[-3:]
+    return text[: limit - len(tail) - 1] + "\N{HORIZONTAL ELLIPSIS}" + tail
 
 
 def stops_text(received: int, expected: int, state: str) -> str:
@@ -44,23 +68,36 @@ def _rate_text(rate: float, rates: Rates) -> str:
     return ("avg " if rates.average else "") + format_rate(rate)
 
 
-def _task_state(snap: JobSnapshot, t: TaskSnapshot) -> str:
-    return "failed" if snap.error is not None and snap.error.instance == t.name else t.state
+def _io(kind: str, packets_in: int, packets_out: int) -> str:
+    if kind == "source":
+        return f"emitted {packets_in}"
+    return f"in {packets_in}" if kind == "sink" else f"in {packets_in} · out {packets_out}"
+
+
+def _task_state(snap: JobSnapshot, t: TaskSnapshot, rates: Rates) -> str:
+    """The state shown: the task's own, 'failed' for the instance the job error names, and
+    'backpressured' for a working task that spent over half of the last second blocked on a
+    full downstream queue (Flink's backPressuredTimeMsPerSecond)."""
+    if snap.error is not None and snap.error.instance == t.name:
+        return "failed"
+    if t.state in WORKING and not rates.average and rates.blocked_ms.get(t.name, 0.0) >= BACKPRESSURED_MS:
+        return "backpressured"
+    return t.state
 
 
 # ----------------------------------------------------------------------------- nodes
 def _node(node_id: str, box: layout.Box, state: str, lines: list[str], kind: str,
           details: dict[str, Any]) -> dict[str, Any]:
     fill, text = state_colors(state)
-    return {"id": node_id, "label": node_id, "state": state, "fill": fill, "text": text,
+    return {"id": node_id, "label": fit(node_id, NODE_CHARS), "state": state, "fill": fill, "text": text,
             "kind": kind, "lines": lines, "x": _r(box.x), "y": _r(box.y), "w": box.w, "h": box.h,
             "details": details}
 
 
 def _task_node(snap: JobSnapshot, t: TaskSnapshot, box: layout.Box, rates: Rates) -> dict[str, Any]:
-    state = _task_state(snap, t)
+    state = _task_state(snap, t, rates)
     stops = stops_text(t.stops_received, t.stops_expected, state)
-    third = stops or f"in {t.packets_in} · out {t.packets_out}"
+    third = stops or _io(t.kind, t.packets_in, t.packets_out)
     rows: list[list[Any]] = [
         ["operator", t.operator], ["kind", t.kind], ["instance", t.parallel_index], ["state", state],
         ["packets in", t.packets_in], ["packets out", t.packets_out],
@@ -83,7 +120,7 @@ def _task_node(snap: JobSnapshot, t: TaskSnapshot, box: layout.Box, rates: Rates
 
 def _operator_node(snap: JobSnapshot, name: str, kind: str, tasks: list[TaskSnapshot],
                    box: layout.Box, rates: Rates) -> dict[str, Any]:
-    states = [_task_state(snap, t) for t in tasks]
+    states = [_task_state(snap, t, rates) for t in tasks]
     state = aggregate_state(states) if tasks else "starting"
     received = sum(t.stops_received for t in tasks)
     expected = sum(t.stops_expected for t in tasks)
@@ -96,31 +133,33 @@ def _operator_node(snap: JobSnapshot, name: str, kind: str, tasks: list[TaskSnap
         ["stop signals", f"{received}/{expected}"],
     ]
     inst = [f"{t.name}: {s}, in {t.packets_in}, out {t.packets_out}" for t, s in zip(tasks, states, strict=True)]
-    second = f"{kind} ×{len(tasks)} · {state}" if len(tasks) > 1 else f"{kind} · {state}"
-    return _node(name, box, state, [second, stops or f"in {p_in} · out {p_out}"], kind,
+    second = f"\N{MULTIPLICATION SIGN}{len(tasks)} · {state}" if len(tasks) > 1 else state
+    return _node(name, box, state, [second, stops or _io(kind, p_in, p_out)], kind,
                  _details(name, rows, [("instances", inst)]))
 
 
 # ----------------------------------------------------------------------------- edges
-def _edge(edge_id: str, source: str, target: str, strategy: str, label: str, conns: list[ConnectionSnapshot],
-          rate: float, rates: Rates, pts: list[layout.Point], centre: layout.Point,
+def _edge(edge_id: str, source: str, target: str, strategy: str, label: str,
+          conns: list[ConnectionSnapshot], rate: float, rates: Rates, route: layout.Route,
           details: dict[str, Any]) -> dict[str, Any]:
     queues = {c.queue_id: c for c in conns}.values()        # a queue is shared by its writers
     fullest = max(queues, key=lambda c: c.load, default=None)
-    pct = load_percent(fullest.used, fullest.capacity) if fullest else 0
+    used, capacity = (fullest.used, fullest.capacity) if fullest else (0, None)
+    pct = load_percent(used, capacity)
     level = load_level(None if pct is None else pct / 100)
     packets = sum(c.packets_sent for c in conns)
+    count = f"{packets} pkts" if rates.average else f"{packets} pkts · {format_rate(rate)}"
     return {
-        "id": edge_id, "source": source, "target": target, "strategy": strategy, "label": label,
-        "used": fullest.used if fullest else 0, "capacity": fullest.capacity if fullest else None,
-        "load": round(fullest.load, 4) if fullest else 0.0, "pct": pct, "level": level,
-        "color": LEVEL_COLORS[level], "stroke": EDGE_IDLE if level == "green" else LEVEL_COLORS[level],
-        "load_text": f"{pct}%" if pct is not None else f"{fullest.used if fullest else 0} queued",
-        "packets": packets, "rate": round(rate, 2),
-        "text": f"{packets} pkts · {_rate_text(rate, rates)}",
-        "curve": [[_r(x), _r(y)] for x, y in pts],
-        "arrow": [[_r(x), _r(y)] for x, y in layout.arrow_head(pts)],
-        "lx": _r(centre[0]), "ly": _r(centre[1]), "details": details,
+        "id": edge_id, "source": source, "target": target, "strategy": strategy,
+        "label": fit(label, LABEL_CHARS),
+        "used": used, "capacity": capacity, "load": round(fullest.load, 4) if fullest else 0.0,
+        "pct": pct, "level": level, "color": LEVEL_COLORS[level],
+        "stroke": EDGE_IDLE if level == "green" else LEVEL_COLORS[level],
+        "load_text": f"{pct}%" if pct is not None else f"{used} queued",
+        "packets": packets, "rate": round(rate, 2), "text": count,
+        "curve": [[_r(x), _r(y)] for x, y in route.points],
+        "arrow": [[_r(x), _r(y)] for x, y in route.arrow],
+        "lx": _r(route.centre[0]), "ly": _r(route.centre[1]), "details": details,
     }
 
 
@@ -143,54 +182,52 @@ def _operators(snap: JobSnapshot) -> list[tuple[str, str, tuple[str, ...]]]:
     return ops
 
 
-def _bounds(boxes: Sequence[layout.Box]) -> tuple[float, float]:
-    w = max((b.x + b.w for b in boxes), default=0.0) + layout.MARGIN
-    h = max((b.y + b.h for b in boxes), default=0.0) + layout.MARGIN
-    return float(round(w)), float(round(h))
+def _frame(view: str, lay: layout.Layout, nodes: list[dict[str, Any]], edges: list[dict[str, Any]]
+           ) -> dict[str, Any]:
+    groups = [{"id": n, "label": fit(n, GROUP_CHARS), "x": _r(g.x), "y": _r(g.y), "w": g.w, "h": g.h}
+              for n, g in lay.groups.items()]
+    return {"view": view, "width": lay.width, "height": lay.height, "nodes": nodes, "edges": edges,
+            "groups": groups, "label_size": list(LABEL_SIZE[view])}
 
 
-def _label_boxes(edges: list[dict[str, Any]], view: str) -> list[layout.Box]:
-    w, h = LABEL_SIZE[view]
-    return [layout.Box(e["lx"] - w / 2, e["ly"] - h / 2, w, h) for e in edges]
+@functools.lru_cache(maxsize=16)
+def _layout(ops: tuple[tuple[str, tuple[str, ...]], ...], op_edges: tuple[tuple[str, str], ...],
+            links: tuple[tuple[str, str], ...], view: str) -> layout.Layout:
+    """The layout of a graph's shape: computed once, reused while only the counters change."""
+    return layout.compute(ops, op_edges, links, label=LABEL_SIZE[view], view=view)
 
 
 def physical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]:
     ops = _operators(snap)
-    boxes, groups = layout.physical_boxes([(n, inst) for n, _, inst in ops],
-                                          [(e[0], e[1]) for e in snap.logical_edges])
     tasks = {t.name: t for t in snap.tasks}
-    nodes = [_task_node(snap, tasks[n], boxes[n], rates) for _, _, inst in ops for n in inst if n in tasks]
+    known = {n for _, _, inst in ops for n in inst}
     conns = [(i, c) for i, c in zip(connection_ids(snap), snap.connections, strict=True)
-             if c.source in boxes and c.target in boxes]
-    curves = [layout.curve(boxes[c.source], boxes[c.target]) for _, c in conns]
-    obstacles = [*boxes.values(), *(layout.Box(g.x, g.y, g.w, layout.GROUP_TITLE) for g in groups.values())]
-    centres = layout.place_labels(curves, LABEL_SIZE["physical"], obstacles)
+             if c.source in known and c.target in known]
+    lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
+                  tuple((c.source, c.target) for _, c in conns), "physical")
+    nodes = [_task_node(snap, tasks[n], lay.boxes[n], rates) for _, _, inst in ops for n in inst if n in tasks]
     edges = []
-    for (cid, c), pts, centre in zip(conns, curves, centres, strict=True):
+    for (cid, c), route in zip(conns, lay.routes, strict=True):
         rate = rates.edges.get(cid, 0.0)
         det = _details(f"{c.source} → {c.target}", _conn_rows(c, _rate_text(rate, rates)))
         edges.append(_edge(cid, c.source, c.target, c.strategy, strategy_label(c.strategy, c.key_label),
-                           [c], rate, rates, pts, centre, det))
-    group_list = [{"id": n, "label": n, "x": _r(g.x), "y": _r(g.y), "w": g.w, "h": g.h}
-                  for n, g in groups.items()]
-    width, height = _bounds([*boxes.values(), *groups.values(), *_label_boxes(edges, "physical")])
-    return {"view": "physical", "width": width, "height": height, "nodes": nodes, "edges": edges,
-            "groups": group_list}
+                           [c], rate, rates, route, det))
+    return _frame("physical", lay, nodes, edges)
 
 
 def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]:
     ops = _operators(snap)
-    boxes = layout.logical_boxes([n for n, _, _ in ops], [(e[0], e[1]) for e in snap.logical_edges])
     tasks = {t.name: t for t in snap.tasks}
-    nodes = [_operator_node(snap, n, kind, [tasks[i] for i in inst if i in tasks], boxes[n], rates)
-             for n, kind, inst in ops]
+    names = {n for n, _, _ in ops}
     edges_in = [(eid, e) for eid, e in zip(logical_edge_ids(snap), snap.logical_edges, strict=True)
-                if e[0] in boxes and e[1] in boxes]
-    curves = [layout.curve(boxes[e[0]], boxes[e[1]]) for _, e in edges_in]
-    centres = layout.place_labels(curves, LABEL_SIZE["logical"], list(boxes.values()))
+                if e[0] in names and e[1] in names]
+    lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
+                  tuple((e[0], e[1]) for _, e in edges_in), "logical")
+    nodes = [_operator_node(snap, n, kind, [tasks[i] for i in inst if i in tasks], lay.boxes[n], rates)
+             for n, kind, inst in ops]
     conn_ids = connection_ids(snap)
     edges = []
-    for (eid, (src, dst, strategy, key_label, inp)), pts, centre in zip(edges_in, curves, centres, strict=True):
+    for (eid, (src, dst, strategy, key_label, inp)), route in zip(edges_in, lay.routes, strict=True):
         mine = [(i, c) for i, c in zip(conn_ids, snap.connections, strict=True)
                 if c.source_operator == src and c.target_operator == dst and c.target_input_index == inp]
         rate = sum(rates.edges.get(i, 0.0) for i, _ in mine)
@@ -201,11 +238,8 @@ def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]:
                                           ["packets sent", sum(c.packets_sent for _, c in mine)],
                                           ["rate", _rate_text(rate, rates)], ["input", inp]],
                        [("connections", items)])
-        edges.append(_edge(eid, src, dst, strategy, label, [c for _, c in mine], rate, rates, pts,
-                           centre, det))
-    width, height = _bounds([*boxes.values(), *_label_boxes(edges, "logical")])
-    return {"view": "logical", "width": width, "height": height, "nodes": nodes, "edges": edges,
-            "groups": []}
+        edges.append(_edge(eid, src, dst, strategy, label, [c for _, c in mine], rate, rates, route, det))
+    return _frame("logical", lay, nodes, edges)
 
 
 def graph_view(snap: JobSnapshot, view: str = "logical", rates: Rates = NO_RATES) -> dict[str, Any]:
@@ -216,14 +250,25 @@ def graph_view(snap: JobSnapshot, view: str = "logical", rates: Rates = NO_RATES
 
 
 # ----------------------------------------------------------------------------- header
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def status_view(snap: JobSnapshot) -> dict[str, Any]:
     """The header line: job, status, elapsed time and progress counters."""
     finished = sum(t.state == "finished" for t in snap.tasks)
+    packets = sum(c.packets_sent for c in snap.connections)
+    if snap.status == "CREATED":
+        facts = ["compiled plan, not run yet", _count(len(snap.operators), "operator"),
+                 _count(len(snap.tasks), "instance"), _count(len(snap.connections), "connection")]
+    else:
+        facts = [f"job {snap.job_id}" if snap.job_id else "", snap.backend, f"{snap.elapsed:.1f} s",
+                 f"{finished}/{len(snap.tasks)} instances finished", f"{packets} packets sent"]
     return {"status": snap.status, "job_id": snap.job_id, "pipeline": snap.pipeline,
             "backend": snap.backend, "elapsed": round(snap.elapsed, 2),
             "elapsed_text": f"{snap.elapsed:.1f} s", "instances": len(snap.tasks),
-            "finished": finished, "packets": sum(c.packets_sent for c in snap.connections),
-            "trace_skipped": snap.trace_skipped}
+            "finished": finished, "packets": packets, "trace_skipped": snap.trace_skipped,
+            "meta": " · ".join(f for f in facts if f)}
 
 
 def error_view(snap: JobSnapshot) -> dict[str, Any]:

@@ -30,8 +30,9 @@ from .view import VIEWS, error_view, graph_view, status_view
 __all__ = ["Inspector"]
 
 STATIC = Path(__file__).parent / "static"
-LIVE = ("RUNNING", "PAUSED")
-TIMELINE_EVERY = 2.0          # seconds between timeline renderings while a job runs
+ENDED = ("FINISHED", "CANCELLED", "FAILED")
+TIMELINE_EVERY = 4.0          # seconds between timeline renderings while a job runs, at least
+TIMELINE_DUTY = 0.02          # ... and at most this share of a core spent rendering it
 AUTO_PHYSICAL_MAX = 12        # default to the physical view up to this many instances
 
 _registry = Registry()
@@ -46,7 +47,17 @@ class Inspector(anywidget.AnyWidget):
     A new inspector on the same job or pipeline closes the previous one, so re-running a
     cell leaves no thread behind. ``save_html()`` / ``save_png()`` keep the final state.
 
-    The inspector only calls ``job.snapshot()`` (and ``pause()``/``resume()`` on request).
+    The inspector only calls ``job.snapshot()`` (and ``pause()``/``resume()`` on request),
+    at most ``rate`` (<= 10) times a second and within a CPU budget of a few per cent. Its
+    thread ends within a second of the job's end, or of ``close()``; on a pipeline it keeps
+    a light watch (one look a second) for the next run until it is closed.
+
+    >>> from sage_nb.demo import demo_pipeline
+    >>> job = demo_pipeline("doc-inspector").run().wait(timeout=30)
+    >>> ins = Inspector(job)                   # a finished job: complete at once, no thread
+    >>> ins.status, ins.live, ins.summary["finished"] == ins.summary["instances"]
+    ('FINISHED', False, True)
+    >>> ins.close()
     """
 
     _esm = (STATIC / "inspector.js").read_text(encoding="utf-8")
@@ -76,7 +87,11 @@ class Inspector(anywidget.AnyWidget):
         self._snap: JobSnapshot | None = None
         self._rates = RateWindow()
         self._history = LoadHistory()
-        self._timeline_at = float("-inf")
+        self._timeline_at = time.monotonic()     # the first live rendering waits for some history
+        self._timeline = render.Timeline()
+        self._timeline_cost = 0.08                # a guess, until the first rendering is timed
+        self._rows_mark: tuple[Any, ...] = ()
+        self._rows_cache: list[dict[str, Any]] = []
         self._closed = False
         self._auto_view = view is None
         if view is not None:
@@ -183,23 +198,31 @@ class Inspector(anywidget.AnyWidget):
                     self.path = self._path(self._snap)
 
     def _graph(self, snap: JobSnapshot) -> dict[str, Any]:
-        return graph_view(snap, self.view, self._rates.rates(average=snap.status not in LIVE))
+        return graph_view(snap, self.view, self._rates.rates(average=snap.status in ENDED))
 
     def _path(self, snap: JobSnapshot | None) -> list[str]:
         return packet_path(snap, self.packet, self.view) if snap is not None and self.packet >= 0 else []
 
+    def _rows(self, snap: JobSnapshot) -> list[dict[str, Any]]:
+        mark = (snap.job_id, len(snap.trace), snap.trace[-1].seq if snap.trace else None, snap.trace_skipped)
+        if mark != self._rows_mark:       # the trace often stays put between two updates
+            self._rows_mark, self._rows_cache = mark, routing_rows(snap.trace)
+        return self._rows_cache
+
     def _state(self, snap: JobSnapshot) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "graph": self._graph(snap), "rows": routing_rows(snap.trace),
+            "graph": self._graph(snap), "rows": self._rows(snap),
             "keydist": key_distribution(snap), "status": snap.status,
             "summary": status_view(snap), "error": error_view(snap), "path": self._path(snap),
         }
         now = time.monotonic()
-        final = snap.status not in LIVE
-        if final or now - self._timeline_at >= TIMELINE_EVERY:
-            self._timeline_at = now
-            png = render.timeline_png(self._history, title=f"buffer load over time — {snap.pipeline}")
+        final = self._source.finished or snap.status in ENDED     # nothing more will come
+        if final or now - self._timeline_at >= max(TIMELINE_EVERY, self._timeline_cost / TIMELINE_DUTY):
+            start = time.thread_time()
+            self._timeline.set_title(f"buffer load over time — {snap.pipeline}")
+            png = self._timeline.png(self._history, final=final)
             state["timeline"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            self._timeline_at, self._timeline_cost = now, time.thread_time() - start
         return state
 
     def _on_error(self, message: str) -> None:
@@ -212,15 +235,20 @@ class Inspector(anywidget.AnyWidget):
         with self._lock:
             return {"title": self.title, "graph": self.graph, "rows": self.rows,
                     "keydist": self.keydist, "summary": self.summary, "error": self.error,
-                    "timeline": self.timeline, "palette": self.palette}
+                    "timeline": self.timeline, "palette": self.palette, "path": list(self.path)}
 
     # -------------------------------------------------------------- display
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The widget, plus static renderings for frontends that cannot run widgets.
+
+        text/plain and text/html (an inline SVG) always; image/png only once the job has
+        ended, because rendering it takes the GIL for a moment the job would feel.
+        """
         bundle = super()._repr_mimebundle_(**kwargs)
         data, meta = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
         static = self._report_data()
-        data = {**data, "text/plain": report.render_text(static),
-                "text/html": report.render_fragment(static),
-                "image/png": base64.b64encode(render.graph_png(self.graph, self.summary,
-                                                               self.palette)).decode("ascii")}
+        data = {**data, "text/plain": report.render_text(static), "text/html": report.render_fragment(static)}
+        if not self.live:
+            png = render.graph_png(self.graph, self.summary, self.palette, dpi=100)
+            data["image/png"] = base64.b64encode(png).decode("ascii")
         return data, meta

@@ -1,0 +1,1 @@
+"""Helpers for the browser tests: a throw-away JupyterLab server driven by Playwright."""
