@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: The states a task instance reports; the inspector colours nodes by them.
-TASK_STATES = ("starting", "idle", "busy", "backpressured", "paused", "draining",
+TASK_STATES = ("starting", "idle", "busy", "backpressured", "paused", "draining", "closing",
                "finished", "failed", "cancelled")
 
 
@@ -147,7 +147,8 @@ class JobSnapshot:
     job_id: str
     pipeline: str
     backend: str
-    status: str               # RUNNING | PAUSED | FINISHED | CANCELLED | FAILED
+    status: str               # RUNNING | PAUSED | FINISHED | CANCELLED | FAILED; CREATED for a plan
+    #                           that never ran (plan_snapshot, whose backend is "none")
     elapsed: float
     operators: tuple[OperatorSnapshot, ...]
     logical_edges: tuple[tuple[str, str, str, str | None, int], ...]  # (src, dst, strategy, key_label, input)
@@ -174,5 +175,5 @@ def _decision_dict(e: RoutingDecision) -> dict[str, Any]:
     return {"seq": e.seq, "sender": e.sender, "group": e.group, "strategy": e.strategy,
             "key": None if e.strategy == "round_robin" else repr(e.key), "hash": e.hash_value,
             "group_size": e.group_size, "chosen": list(e.chosen), "targets": list(e.targets),
-            "rr_before": e.rr_before, "rr_after": e.rr_after, "time": e.time,
+            "rr_before": e.rr_before, "rr_after": e.rr_after, "time": e.time, "payload": e.payload,
             "explain": e.explain()}

@@ -65,6 +65,7 @@ class RoutingDecision:
     rr_before: int | None
     rr_after: int | None
     time: float
+    payload: str = ""         # repr of the packet's payload (shortened)
 
     def explain(self) -> str:
         if self.strategy == "hash":
@@ -105,6 +106,8 @@ class BaseRouter:
         self.put_timeout = put_timeout
         self.poll_interval = poll_interval
         self.tracer: Tracer | None = None
+        # breakpoints: watch(conn, packet) before a delivery; what it returns is called after it
+        self.watch: Callable[[Connection, Packet], Callable[[], None] | None] | None = None
         self.blocked_time = 0.0
         self.blocked = False
         self.closed = False  # set by send_stop_signal(): no data may follow a stop signal
@@ -124,6 +127,7 @@ class BaseRouter:
         payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
         owned = True
         n = 0
+        watch = self.watch
         for g in self.groups:
             conns = g.connections
             size = len(conns)
@@ -145,7 +149,7 @@ class BaseRouter:
                 targets = conns
             tr = self.tracer
             if tr is not None and tr.sample():
-                self._trace(tr, packet.seq, g, strategy, key, targets, before)
+                self._trace(tr, packet.seq, g, strategy, key, targets, before, payload)
             for c in targets:
                 if owned:
                     out, owned = packet, False
@@ -156,9 +160,12 @@ class BaseRouter:
                     out.partition_key, out.partition_strategy = None, None
                 else:
                     out.partition_key, out.partition_strategy = key, strategy
+                hit = None if watch is None else watch(c, out)
                 self._put(c, out)
                 c.packets_sent += 1
                 n += 1
+                if hit is not None:
+                    hit()
         return n
 
     def send_stop_signal(self) -> int:
@@ -207,12 +214,12 @@ class BaseRouter:
             self.blocked_time += time.monotonic() - start
 
     def _trace(self, tr: Tracer, seq: int, g: BroadcastGroup, strategy: str, key: Any,
-               targets: Sequence[Connection], before: int | None) -> None:
+               targets: Sequence[Connection], before: int | None, payload: Any = None) -> None:
         tr.record(RoutingDecision(
             seq, self.name, g.target, strategy, key,
             stable_hash(key) if strategy == "hash" else None, len(g.connections),
             tuple(c.parallel_index for c in targets), tuple(c.target_name for c in targets),
-            before, None if before is None else self.rr[g.index], time.time()))
+            before, None if before is None else self.rr[g.index], time.time(), f"{payload!r:.60}"))
 
     def get_connections_info(self) -> dict[str, Any]:
         return {g.target: {"strategy": g.strategy, "round_robin_position": self.rr[g.index],

@@ -127,7 +127,7 @@ def routing_rows(trace: Sequence[RoutingDecision], limit: int = 60) -> list[dict
     for d in reversed(trace[-limit:] if limit else trace):
         rows.append({
             "seq": d.seq,
-            "packet": f"#{d.seq}",
+            "packet": f"#{d.seq} {short_repr(d.payload, 20)}" if d.payload else f"#{d.seq}",
             "key": "" if d.strategy == "round_robin" else short_repr(repr(d.key), 24),
             "from": d.sender,
             "to": ", ".join(d.targets),

@@ -166,7 +166,8 @@ class Dispatcher:
             ctx = t.ctx
             qid = ctx.input_qd.queue_id if ctx.input_qd is not None else None
             out.append(TaskSnapshot(
-                ctx.name, ctx.operator, ctx.parallel_index, ctx.kind, t.state, t.packets_in,
+                ctx.name, ctx.operator, ctx.parallel_index, ctx.kind,
+                "backpressured" if t.router.blocked else t.state, t.packets_in,
                 sum(c.packets_sent for c in t.router.connections), t.busy_time,
                 t.router.blocked_time, t.stops_received, ctx.stop_signal_num, stats.get(qid),
                 qid, t.top_keys(), t.last_packets(),
