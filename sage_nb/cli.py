@@ -7,11 +7,20 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .demo import demo_pipeline, report
+    from .inspector import Inspector
 
     job = demo_pipeline().run(queue_maxsize=args.queue_maxsize)
+    inspector = Inspector(job)  # records the load history for the report's timeline
     job.wait(timeout=120)
     print(report(job.snapshot()))
+    if args.html:
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        path = inspector.save_html(Path(args.html))
+        print(f"\nHTML report (graph, routing log, key distribution, timeline): {path.resolve()}")
+    inspector.close()
     return 0
 
 
@@ -20,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the demo word count on threads and print its routing")
     demo.add_argument("--queue-maxsize", type=int, default=16, help="input queue capacity (default 16)")
+    demo.add_argument("--html", default="build/demo-report.html",
+                      help="where to write the HTML report (default build/demo-report.html; '' for none)")
     demo.set_defaults(func=_demo)
     sub.add_parser("queue-server", help="serve named bounded queues over TCP "
                                         "(sage-nb queue-server --help)")

@@ -32,8 +32,13 @@ def test_demo_pipeline_counts_every_word_and_reports_routing():
                 assert partition(eval(key), 3) == t.parallel_index
 
 
-def test_sage_nb_demo_command_prints_the_table():
-    out = subprocess.run([sys.executable, "-m", "sage_nb.cli", "demo"], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+def test_sage_nb_demo_command_prints_the_table_and_writes_the_report(tmp_path):
+    html = tmp_path / "report.html"
+    out = subprocess.run([sys.executable, "-m", "sage_nb.cli", "demo", "--html", str(html)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
     assert "connection" in out and "peak load" in out and "key -> instance" in out
+    assert f"HTML report (graph, routing log, key distribution, timeline): {html}" in out
+    page = html.read_text()
+    assert "split[0]" in page and "FINISHED" in page and "http" not in page.lower().replace(
+        "http-equiv", "")
     assert snb.jobs() == []

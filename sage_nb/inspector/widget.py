@@ -158,12 +158,22 @@ class Inspector(anywidget.AnyWidget):
         super().close()
         self.live = False
 
+    def refresh(self) -> None:
+        """Read the watched job's snapshot now and show it (the updater does this live)."""
+        if self._closed:
+            return
+        snap = self._source.read()
+        if snap is not None:
+            self._apply(snap)
+
     def save_html(self, path: str | Path) -> Path:
         """Write a self-contained HTML report of the current state (works offline)."""
+        self.refresh()
         return report.save_html(self._report_data(), path)
 
     def save_png(self, path: str | Path) -> Path:
         """Write a PNG of the graph with its loads (matplotlib; for slides and terminals)."""
+        self.refresh()
         out = Path(path)
         out.write_bytes(render.graph_png(self.graph, self.summary, self.palette))
         return out
