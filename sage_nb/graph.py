@@ -284,17 +284,11 @@ class Pipeline:
         return JobManager.default().run(self.graph, backend=backend, **options)
 
 
-class Stream:
-    """The output of one operator; the methods add the next operator after it."""
-
-    def __init__(self, pipeline: Pipeline, node: str, edge: dict[str, Any] | None = None) -> None:
-        self.pipeline, self.node, self.edge = pipeline, node, edge or {}
-
-    def __repr__(self) -> str:
-        return f"Stream({self.node!r})"
+class _Operators:
+    """The operators that can follow a stream (or several connected streams)."""
 
     def _then(self, kind: str, fn: Any, name: str | None, parallelism: int) -> Stream:
-        return self.pipeline.add_node(kind, [self], name=name, parallelism=parallelism, fn=fn)
+        raise NotImplementedError
 
     def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int = 1) -> Stream:
         """Apply ``fn`` to every item (its result, even None, is forwarded)."""
@@ -313,6 +307,19 @@ class Stream:
              parallelism: int = 1) -> Stream:
         """End the stream: collect items (``job.results(name)``) or call ``fn`` on each."""
         return self._then("sink", fn, name if name or fn else "sink", parallelism)
+
+
+class Stream(_Operators):
+    """The output of one operator; the methods add the next operator after it."""
+
+    def __init__(self, pipeline: Pipeline, node: str, edge: dict[str, Any] | None = None) -> None:
+        self.pipeline, self.node, self.edge = pipeline, node, edge or {}
+
+    def __repr__(self) -> str:
+        return f"Stream({self.node!r})"
+
+    def _then(self, kind: str, fn: Any, name: str | None, parallelism: int) -> Stream:
+        return self.pipeline.add_node(kind, [self], name=name, parallelism=parallelism, fn=fn)
 
     def key_by(self, key: Callable[[Any], Any]) -> Stream:
         """Hash-partition the next edge by ``key(item)``: equal keys meet at one instance."""
@@ -340,7 +347,7 @@ class Stream:
     union = connect
 
 
-class ConnectedStreams:
+class ConnectedStreams(_Operators):
     """Streams feeding one operator: ``co_map`` per input, or ``map``/``sink``/… on all of them."""
 
     def __init__(self, streams: list[Stream]) -> None:
@@ -359,17 +366,3 @@ class ConnectedStreams:
         """Apply ``fns[i]`` (or method ``map{i}`` of a class) to the items of input ``i``."""
         return self._then("co_map", list(fns) if isinstance(fns, tuple) else fns, name or "co_map",
                           parallelism)
-
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int = 1) -> Stream:
-        return self._then("map", fn, name, parallelism)
-
-    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None,
-                 parallelism: int = 1) -> Stream:
-        return self._then("flat_map", fn, name, parallelism)
-
-    def filter(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int = 1) -> Stream:
-        return self._then("filter", fn, name, parallelism)
-
-    def sink(self, fn: Callable[[Any], Any] | None = None, *, name: str | None = None,
-             parallelism: int = 1) -> Stream:
-        return self._then("sink", fn, name if name or fn else "sink", parallelism)
