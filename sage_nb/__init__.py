@@ -36,6 +36,7 @@ __all__ = [
     "ServiceError",
     "compile",
     "jobs",
+    "load_recording",
     "run",
     "stop_all",
 ]
@@ -65,4 +66,7 @@ def __getattr__(name: str) -> Any:
     if name == "Inspector":  # widgets load only when asked for (import sage_nb stays fast)
         from .inspector import Inspector
         return Inspector
+    if name == "load_recording":  # recordings (JSON files) too
+        from .runtime.recording import load_recording
+        return load_recording
     raise AttributeError(f"module 'sage_nb' has no attribute {name!r}")

@@ -119,13 +119,16 @@ class BaseRouter:
     def send(self, packet: Packet) -> int:
         """Deliver ``packet`` to every group; returns how many deliveries were made.
 
-        The router takes ownership of ``packet`` (it may be reused for one delivery).
+        The router takes ownership of ``packet``: when it makes a single delivery it sends
+        the object itself; with several, each gets its own packet built from the values read
+        here (a receiver may reuse its packet at once, so nothing is read back after a put).
         """
         if self.closed:
             raise ProtocolError(f"{self.name}: send() after send_stop_signal(); data must not "
                                 f"follow the end of stream")
         payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
-        owned = True
+        seq, created = packet.seq, packet.created
+        single = len(self.groups) == 1
         n = 0
         watch = self.watch
         for g in self.groups:
@@ -149,12 +152,10 @@ class BaseRouter:
                 targets = conns
             tr = self.tracer
             if tr is not None and tr.sample():
-                self._trace(tr, packet.seq, g, strategy, key, targets, before, payload)
+                self._trace(tr, seq, g, strategy, key, targets, before, payload)
+            reuse = single and len(targets) == 1
             for c in targets:
-                if owned:
-                    out, owned = packet, False
-                else:
-                    out = packet.copy()
+                out = packet if reuse else Packet(payload, 0, seq=seq, created=created)
                 out.input_index = c.target_input_index
                 if strategy == "round_robin":
                     out.partition_key, out.partition_strategy = None, None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..communication.local_queue import QueueStats
 from ..errors import BackendError, JobFailed
 from ..metrics import ConnectionSnapshot, JobSnapshot, OperatorSnapshot, TaskSnapshot
+from .debug import DebugControls
 from .dispatcher import Dispatcher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,18 +40,22 @@ class JobStatus(enum.StrEnum):
     FAILED = "FAILED"
 
 
-class Job:
+class Job(DebugControls):
     """A running pipeline: ``wait``, ``stop``, ``pause``/``resume``, ``results``, ``snapshot``.
+
+    Stepping, replay and breakpoints come from :class:`~sage_nb.runtime.debug.DebugControls`.
 
     ``with p.run() as job:`` waits for the job at the end of the block (cancelling it if
     the block raised), so no thread outlives the block.
     """
 
-    def __init__(self, plan: ExecutionGraph, backend: str = "threads", *,
-                 put_timeout: float | None = None) -> None:
+    def __init__(self, plan: ExecutionGraph, backend: str = "threads", *, paused: bool = False,
+                 **options: Any) -> None:
         self.plan = plan
         self.backend = backend
-        self.runner = _make_runner(plan, backend, put_timeout=put_timeout)
+        self.runner = _make_runner(plan, backend, **options)
+        if paused:  # e.g. to set breakpoints before the first packet moves
+            self.runner.control.pause()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -93,6 +98,8 @@ class Job:
         Raises ``TimeoutError`` if it is still running after ``timeout`` seconds (the job
         keeps running). An interrupt (Ctrl+C, the notebook's stop button) cancels the job.
         """
+        if self.backend == "step":  # nothing runs by itself: run the job here
+            return self._wait_step(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self.runner.done.wait(0.05):
@@ -117,6 +124,8 @@ class Job:
         ``timeout`` seconds the job is cancelled. A thread stuck inside user code cannot be
         interrupted by Python; ``stop()`` returns after ``STOP_DEADLINE`` seconds anyway.
         """
+        if self._bps is not None:  # a stopping job does not pause at breakpoints any more
+            self._bps.release()
         if drain and not self.done:
             self.runner.drain()
             self.runner.control.unpause()
@@ -132,7 +141,11 @@ class Job:
         self.runner.control.pause()
 
     def resume(self) -> None:
-        self.runner.control.unpause()
+        """Continue after ``pause()``, or after the breakpoint hit the job is paused on."""
+        if self._bps is not None:
+            self._bps.resume()
+        else:
+            self.runner.control.unpause()
 
     def __enter__(self) -> Job:
         return self
@@ -173,6 +186,8 @@ class Job:
     def snapshot(self) -> JobSnapshot:
         """Every counter, queue statistic and the latest routing decisions, frozen now."""
         r = self.runner
+        if self.backend == "step":  # the state on view, which may be an earlier step
+            return r.snapshot()
         stats = r.queue_stats()
         status = str(self.status)
         if status == "RUNNING" and self.paused:
@@ -187,6 +202,13 @@ class Job:
 
 def _make_runner(plan: ExecutionGraph, backend: str, **options: Any) -> Any:
     """The runner of ``backend``; every runner offers the :class:`Dispatcher` interface."""
+    if backend == "step":
+        from .step import StepRunner
+        return StepRunner(plan, **options)
+    step_only = sorted({"policy", "record_limit"} & set(options))
+    if step_only:
+        raise BackendError(f"{', '.join(o + '=' for o in step_only)} applies to backend='step' only, "
+                           f"not {backend!r}")
     if backend == "threads":
         return Dispatcher(plan, **options)
     if backend == "ray":
@@ -194,7 +216,7 @@ def _make_runner(plan: ExecutionGraph, backend: str, **options: Any) -> Any:
             raise BackendError("backend='ray' needs the 'ray' package: pip install 'sage-nb[ray]'")
         from .ray_backend import RayDispatcher
         return RayDispatcher(plan, **options)
-    available = [b for b in BACKENDS if b != "step"]
+    available = list(BACKENDS)
     raise BackendError(f"unknown backend {backend!r}; available: {available}")
 
 
