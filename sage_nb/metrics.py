@@ -104,6 +104,7 @@ class TaskSnapshot:
     top_keys: tuple[tuple[str, int], ...] = ()   # (repr(key), count), most frequent first
     last_packets: tuple[str, ...] = ()           # reprs of the latest payloads received
     error: str | None = None
+    unprocessed: int = 0      # taken from the queue but never processed (cancelled or failed)
 
 
 @dataclass(frozen=True)

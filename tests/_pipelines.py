@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import sage_nb as snb
 
-__all__ = ["WORDCOUNT_OUT", "build", "copies_packets", "expected", "specs", "wordcount"]
+__all__ = ["WORDCOUNT_OUT", "build", "expected", "specs", "wordcount"]
 
 
 def double(x: int) -> int:
@@ -95,14 +95,6 @@ def expected(spec: dict[str, Any]) -> dict[str, list[int]]:
         else:
             streams.append([double(x) for x in xs] * (par if kind == "broadcast" else 1))
     return {f"out{k}": sorted(s) for k, s in enumerate(streams) if k not in used}
-
-
-def copies_packets(spec: dict[str, Any]) -> bool:
-    """Whether a packet is delivered to several consumers (a fan-out or a broadcast edge): on
-    threads, the router's known copy race can then change a payload (BROADCAST_COPY_RACE in
-    tests/test_reliability_backpressure.py), so threads is not compared on such specs."""
-    fed = [i for _, inputs, _ in spec["ops"] for i in inputs]
-    return len(fed) != len(set(fed)) or any(kind == "broadcast" for kind, _, _ in spec["ops"])
 
 
 #: What the sink of :func:`wordcount` receives, sorted.

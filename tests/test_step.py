@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from _pipelines import WORDCOUNT_OUT, build, copies_packets, expected, specs, wordcount
+from _pipelines import WORDCOUNT_OUT, build, expected, specs, wordcount
 from hypothesis import HealthCheck, given, settings
 
 import sage_nb as snb
@@ -179,9 +179,7 @@ def test_step_only_methods_name_the_step_backend(no_leak):
 def test_step_and_threads_agree_on_random_dags(spec):
     """Same sink multisets and terminal states as threads (and as the spec's semantics)."""
     want = expected(spec)
-    runs = [("step", "round_robin"), ("step", "depth_first")]
-    if not copies_packets(spec):
-        runs.append(("threads", None))
+    runs = [("step", "round_robin"), ("step", "depth_first"), ("threads", None)]
     for backend, policy in runs:
         opts = {"policy": policy} if policy else {}
         job = build(spec).run(backend=backend, queue_maxsize=spec["queue_maxsize"], **opts)

@@ -171,7 +171,8 @@ class Dispatcher:
                 sum(c.packets_sent for c in t.router.connections), t.busy_time,
                 t.router.blocked_time, t.stops_received, ctx.stop_signal_num, stats.get(qid),
                 qid, t.top_keys(), t.last_packets(),
-                None if t.error is None else f"{type(t.error).__name__}: {t.error}"))
+                None if t.error is None else f"{type(t.error).__name__}: {t.error}",
+                t.unprocessed()))
         return tuple(out)
 
     def connection_snapshots(self, stats: dict[str, QueueStats]) -> tuple[ConnectionSnapshot, ...]:

@@ -8,6 +8,8 @@ interpreter exit every live job is cancelled (its sinks' ``close()`` still runs)
 from __future__ import annotations
 
 import atexit
+import os
+import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +53,7 @@ class JobManager:
                 old.stop(drain=False)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done] + [job]
+        _install_sigterm_handler()
         return job.start()
 
     def run(self, graph: nx.DiGraph, backend: str = "threads", **options: Any) -> Job:
@@ -87,6 +90,22 @@ class JobManager:
         for job in live:
             job.stop(drain=False)
         return len(live)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Stop every job (sinks' close() runs), then die of SIGTERM as the default action would."""
+    _stop_all_at_exit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm_handler() -> None:
+    """In a script's main thread with the default SIGTERM action, stop jobs cleanly on SIGTERM.
+
+    Never replaces a handler somebody else installed (a Jupyter kernel has its own)."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @atexit.register

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,8 @@ from ..errors import Cancelled, ProtocolError
 from .context import TaskContext
 
 __all__ = ["END", "BaseTask", "Control"]
+
+log = logging.getLogger("sage_nb")
 
 #: Returned by a callable source to end its stream.
 class _EndOfStream:
@@ -56,6 +59,7 @@ class Control:
     def __init__(self) -> None:
         self.cancel = threading.Event()
         self.stopping = False          # sources stop emitting (set by drain and by cancel)
+        self.cancelled = False         # a plain flag, cheap to read once per packet
         self.paused = False
         self.resume = threading.Event()
         self.resume.set()
@@ -72,6 +76,7 @@ class Control:
 
     def cancel_all(self) -> None:
         self.stopping = True
+        self.cancelled = True
         self.cancel.set()
         self.resume.set()
 
@@ -187,7 +192,7 @@ class BaseTask:
                         batch = q.get_many(BATCH_MAX)
             if not self.router.closed:
                 self.router.send_stop_signal()
-        except (Cancelled, QueueShutDown):
+        except Exception:  # the job already failed with the original error: keep that one
             pass
 
     def _instantiate(self, cls: type) -> Any:
@@ -338,6 +343,8 @@ class BaseTask:
             msg = None
             try:
                 for msg in batch:
+                    if control.cancelled:  # a cancel does not wait for the rest of the batch
+                        raise Cancelled(f"{ctx.name}: job stopping")
                     if msg.__class__ is StopSignal:
                         self._on_stop(msg, expected, seen)
                         continue
@@ -346,10 +353,11 @@ class BaseTask:
                                             f"every input ({len(seen)} stop signals)")
                     process(msg)
                     n += 1
-            except BaseException:
+            except BaseException as exc:
                 self.current = msg
                 pos = next((i for i, m in enumerate(batch) if m is msg), len(batch))
-                self._leftover = batch[pos + 1:]  # still to account for (stop signals among them)
+                # still to account for (stop signals among them); a cancel left `msg` untouched
+                self._leftover = batch[pos if isinstance(exc, Cancelled) else pos + 1:]
                 raise
             finally:
                 self.packets_in += n
@@ -365,10 +373,17 @@ class BaseTask:
             expected.discard(key)
             seen.add(key)
             self.stops_received += 1
-        elif key not in seen:  # from an instance that does not feed this input: ignore, but keep it
+        elif key not in seen:  # from an instance that does not feed this input: ignore, report
             self.unknown_stops.append(sig)
+            log.warning("%s: ignored a stop signal from %r (input %d), which does not feed it; "
+                        "expected senders: %s", self.ctx.name, sig.sender, sig.input_index,
+                        sorted(s for s, _ in self._expected | self._seen))
 
     # ------------------------------------------------------------------ reading
+    def unprocessed(self) -> int:
+        """Packets this instance took from its queue but never processed (cancel or failure)."""
+        return self.discarded + sum(1 for m in self._leftover if m.__class__ is not StopSignal)
+
     def top_keys(self, n: int = 5) -> tuple[tuple[str, int], ...]:
         items = sorted(self.key_counts.items(), key=lambda kv: -kv[1])[:n]
         return tuple((repr(k), c) for k, c in items)
