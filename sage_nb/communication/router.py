@@ -202,10 +202,13 @@ class BaseRouter:
                         f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
                         f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
                         f"the packet was not delivered")
+                tried = time.monotonic()
                 try:
                     q.put(item, True, self.poll_interval)
                     return
-                except queue.Full:
+                except queue.Full:  # a queue that refuses at once must not make us spin
+                    if time.monotonic() - tried < self.poll_interval / 2:
+                        self._pause(self.poll_interval)
                     continue
                 except QueueShutDown:
                     raise Cancelled(f"{self.name}: job stopping; not delivered to "
@@ -213,6 +216,12 @@ class BaseRouter:
         finally:
             self.blocked = False
             self.blocked_time += time.monotonic() - start
+
+    def _pause(self, seconds: float) -> None:
+        if self.cancel is not None:
+            self.cancel.wait(seconds)
+        else:
+            time.sleep(seconds)
 
     def _trace(self, tr: Tracer, seq: int, g: BroadcastGroup, strategy: str, key: Any,
                targets: Sequence[Connection], before: int | None, payload: Any = None) -> None:

@@ -402,4 +402,6 @@ def _wants_instance(cls: type, kind: str) -> bool:
 
 
 def _is_generator_function(fn: Any) -> bool:
-    return inspect.isgeneratorfunction(fn)
+    """A generator function, or an object whose ``__call__`` is one."""
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(call)
