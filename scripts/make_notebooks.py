@@ -179,6 +179,70 @@ NOTEBOOKS["07_services.ipynb"] = [
         "assert len(job.results(\"out\")) == 40"),
 ]
 
+NOTEBOOKS["08_debugging.ipynb"] = [
+    (M, "# 8. Debugging: one key breaks the pipeline\n\nA payment pipeline parses `user,amount` records, "
+        "hash-partitioned by user. One user's records are malformed. First the error as the threads "
+        "backend reports it — node, instance and packet — then the same run in **step mode**, where a "
+        "breakpoint stops at that user's first packet so we can look around before it fails."),
+    (C, "import sage_nb as snb\n\nrecords = [\"u1,5\", \"u2,7\", \"u42,x\", \"u1,3\", \"u42,4\", \"u2,1\"]\n\n"
+        "def parse(line):\n    user, amount = line.split(\",\")\n    return user, int(amount)\n\n"
+        "def build():\n    p = snb.Pipeline(\"debugging\")\n    p.from_iterable(records, name=\"records\")"
+        ".key_by(lambda r: r.split(\",\")[0]).map(parse, name=\"parse\", parallelism=2).sink(name=\"out\")\n"
+        "    return p\n\ntry:\n    build().run().wait(timeout=10)\nexcept snb.JobFailed as exc:\n"
+        "    error = exc\n    print(exc)\nerror.node, error.instance, error.packet"),
+    (M, "## Step mode and a breakpoint\n\n`backend=\"step\"` runs nothing until you step. A breakpoint on "
+        "a packet predicate pauses *before* the packet is processed; the packet is still in its queue."),
+    (C, "job = build().run(backend=\"step\")\njob.break_when(packet=lambda pkt: pkt.partition_key == \"u42\")\n"
+        "job.run_to_end()\nhit = job.breakpoint_hit\nhit"),
+    (C, "job.queue_contents(hit.instance)   # what waits in that instance's queue, oldest first"),
+    (C, "event = job.step()                  # the next hop: parse runs on 'u42,x' and fails\nprint(event)"),
+    (M, "Step mode records every event, so we can go **back** and look at the state just before:"),
+    (C, "failed_at = job.position\njob.back()\nbefore = job.snapshot()\n"
+        "[(t.name, t.packets_in, t.queue.used) for t in before.tasks if t.operator == \"parse\"]"),
+    (C, "snb.Inspector(job)   # the graph at the current step (try the Step / Back buttons)"),
+    exercise("Which instance of `parse` owns `u42`? Compute it without running the pipeline.",
+             "from sage_nb.communication import partition\npartition('u42', 2)"),
+    (C, "# checks\nfrom sage_nb.communication import partition\n"
+        "assert error.node == \"parse\" and \"u42,x\" in str(error.packet)\n"
+        "assert hit.instance == f\"parse[{partition('u42', 2)}]\"\n"
+        "assert event.kind == \"error\" and \"invalid literal\" in event.error\n"
+        "assert job.position == failed_at - 1"),
+]
+
+NOTEBOOKS["09_scaling_out.ipynb"] = [
+    (M, "# 9. Scaling out: Ray, and an RPC queue fed from another process\n\nThe same pipeline runs on "
+        "Ray by changing one argument: each instance becomes an actor, the queues live in a per-job "
+        "queue-manager actor, and hash partitioning gives the same key → instance map as on threads "
+        "(the hash is stable across processes). This notebook starts a small local Ray."),
+    (C, "import ray\nimport sage_nb as snb\n\nray.init(num_cpus=2, include_dashboard=False, "
+        "log_to_driver=False, object_store_memory=100 * 1024**2, ignore_reinit_error=True)\n\n"
+        "def build():\n    p = snb.Pipeline(\"scale\")\n    p.from_iterable([f\"u{i % 10}\" for i in range(200)], "
+        "name=\"events\").key_by(lambda u: u).map(lambda u: u.upper(), name=\"upper\", parallelism=3)"
+        ".sink(name=\"out\")\n    return p\n\nthreads_job = build().run().wait(timeout=30)\n"
+        "ray_job = build().run(backend=\"ray\").wait(timeout=120)\n"
+        "sorted(ray_job.results(\"out\")) == sorted(threads_job.results(\"out\"))"),
+    (C, "def owners(job):\n    return {t.name: sorted(k for k, _ in t.top_keys) for t in job.snapshot().tasks "
+        "if t.operator == \"upper\"}\nowners(ray_job)"),
+    (M, "## An RPC queue fed from another process\n\n`p.from_queue(descriptor)` reads a queue served over "
+        "TCP by an `RPCQueueServer` (or `sage-nb queue-server`). A producer in another process puts "
+        "items and finally `sage_nb.END`. Clients authenticate with a shared secret before the server "
+        "reads anything, and the server never unpickles."),
+    (C, "import pickle, subprocess, sys\nfrom sage_nb.communication import RPCQueueServer\n\n"
+        "server = RPCQueueServer().start()\nfeed = server.descriptor(queue_id=\"feed\", maxsize=64)\n"
+        "p = snb.Pipeline(\"fed\")\np.from_queue(feed, name=\"feed\").map(lambda x: x * x, name=\"square\")"
+        ".sink(name=\"out\")\njob = p.run()\n\nproducer = (\"import pickle, sys, sage_nb as snb\\n\"\n"
+        "            \"qd = pickle.loads(bytes.fromhex(sys.argv[1]))\\n\"\n"
+        "            \"qd.put_many(list(range(100)))\\n\"\n            \"qd.put(snb.END)\\n\")\n"
+        "subprocess.run([sys.executable, \"-c\", producer, pickle.dumps(feed).hex()], check=True, timeout=60)\n"
+        "squares = job.wait(timeout=30).results(\"out\")\nserver.close()\nsquares[:5]"),
+    exercise("Carry only the edge into `upper` through an RPC queue. What changes in the results?",
+             "p = snb.Pipeline('rpc-edge')\np.from_iterable(range(10)).via('rpc').map(abs, name='upper')"
+             ".sink(name='out')\nsorted(p.run().wait(timeout=30).results('out'))  # nothing: same answers"),
+    (C, "# checks\nassert sorted(ray_job.results(\"out\")) == sorted(threads_job.results(\"out\"))\n"
+        "assert owners(ray_job) == owners(threads_job)   # same key -> instance map\n"
+        "assert squares == [x * x for x in range(100)]\nray.shutdown()"),
+]
+
 
 def main() -> int:
     HERE.mkdir(exist_ok=True)
