@@ -248,6 +248,8 @@ def main() -> int:
     HERE.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=[new_markdown_cell(s) if k == M else new_code_cell(s) for k, s in cells])
+        for i, cell in enumerate(nb.cells):  # stable ids: regenerating changes nothing
+            cell.id = f"c{i:02d}"
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, HERE / name)
         print("wrote", HERE / name)
