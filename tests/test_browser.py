@@ -7,6 +7,10 @@
    instance shows finished; clicking an edge shows its details; names stay text.
 3. The saved HTML report opens from ``file://`` with every other request blocked, and
    shows the graph.
+4. Step mode: JupyterLab runs ``notebooks/step_player.ipynb``; clicking Step shows each
+   event and its packets on the right edges, the quiz asks and reveals, a breakpoint is
+   shown with its queue. The saved step player opens offline and steps, plays, scrubs and
+   quizzes without Python.
 
 Screenshots go to ``build/artifacts/``. Without chromium / Playwright / JupyterLab these
 tests skip — except under ``CI=true``, where they fail.
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "build" / "artifacts"
 NOTEBOOK = "inspector_live.ipynb"
 LIVE = ".sage-inspector[data-pipeline='inspector-live']"
+STEP_NOTEBOOK = "step_player.ipynb"
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -216,3 +221,163 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
                           "rate: window.sageModel.get('rate'), packet: window.sageModel.get('packet')})")
     assert model == {"sent": [{"type": "pause"}], "view": "physical", "rate": 2, "packet": 7}
     assert page.problems == []
+
+
+# ----------------------------------------------------------------------------- step mode
+def step_wordcount(name: str):
+    """The pipeline of notebooks/step_player.ipynb: same input and policy, same events."""
+    import sage_nb as snb
+
+    def word(w):
+        return w
+
+    p = snb.Pipeline(name)
+    words = p.from_iterable(["the quick brown fox", "the lazy dog", "a fox and a dog"], name="lines") \
+        .flat_map(str.split, name="split", parallelism=2)
+    words.key_by(word).map(str.upper, name="upper", parallelism=3).sink(name="out")
+    return p
+
+
+def in_widget(name: str) -> str:
+    return f".sage-inspector[data-pipeline='{name}']"
+
+
+def test_step_mode_in_jupyterlab(page):
+    expected = step_wordcount("step-expected").run(backend="step").step(3)
+    with tempfile.TemporaryDirectory(prefix="sage-lab-") as work, \
+            jupyter_lab(ROOT / "notebooks", Path(work)) as lab:
+        page.goto(lab.url(STEP_NOTEBOOK), wait_until="domcontentloaded", timeout=60_000)
+        run_all_cells(page, lab, STEP_NOTEBOOK)
+        assert wait_all_cells_ran(page) is None
+        close_left_sidebar(page)
+
+        widget = page.locator(in_widget("step-wordcount"))
+        widget.locator(".sage-event[data-index='0']").wait_for(timeout=30_000)
+        assert "Before the first step" in widget.locator(".sage-event").inner_text()
+        assert widget.locator(".sage-node.sage-upcoming[data-node='lines[0]']").count() == 1
+        for k, ev in enumerate(expected, 1):
+            widget.locator(".sage-step").click()
+            widget.locator(f".sage-event[data-index='{k}']").wait_for(timeout=15_000)
+            assert widget.locator(".sage-event-text").inner_text() == str(ev)
+            for target in ev.targets:     # a packet on the edge sender -> target of this event
+                widget.locator(f".sage-packet[data-edge='{ev.instance}->{target}']").first.wait_for(timeout=5000)
+            assert widget.locator(f".sage-node.sage-moved[data-node='{ev.instance}']").count() == 1
+        assert widget.locator(".sage-position").inner_text() == "step 3 / 3+"
+        assert widget.locator(".sage-routes li").first.inner_text().startswith("out: round-robin")
+        page.wait_for_timeout(1000)                                  # the packets arrive
+        shoot(widget, "step-mode.png")
+        widget.locator(".sage-back").click()
+        widget.locator(".sage-event[data-index='2']").wait_for(timeout=10_000)
+        assert widget.locator(".sage-packet").count() == len(expected[1].targets)
+
+        # predict, then reveal
+        quiz = page.locator(in_widget("step-quiz"))
+        quiz.locator(".sage-quiz[data-state='ask'] button[data-instance='split[0]']").click()
+        quiz.locator(".sage-quiz-result[data-correct='true']").wait_for(timeout=10_000)
+        quiz.locator(".sage-step").click()                            # the next step routes: a question
+        quiz.locator(".sage-quiz[data-state='ask']").wait_for(timeout=10_000)
+        assert quiz.locator(".sage-node.sage-candidate").count() == 3
+        shoot(quiz, "step-quiz-ask.png")
+        quiz.locator(".sage-quiz button[data-instance='upper[2]']").click()
+        result = quiz.locator(".sage-quiz-result[data-correct='false']")
+        result.wait_for(timeout=10_000)
+        assert "upper[1] got it" in result.inner_text()
+        assert "score 1 / 2" in quiz.locator(".sage-score").inner_text()
+        page.wait_for_timeout(1000)
+        shoot(quiz, "step-quiz.png")
+
+        # a breakpoint: where, why, and the queue of that instance
+        bp = page.locator(in_widget("step-breakpoint"))
+        brk = bp.locator(".sage-break")
+        brk.wait_for(timeout=10_000)
+        assert "first packet into upper[1]" in brk.inner_text()
+        assert bp.locator(".sage-node.sage-break-node[data-node='upper[1]']").count() == 1
+        assert bp.locator(".sage-edge.sage-break-edge[data-edge='split[0]->upper[1]']").count() == 1
+        assert brk.locator("tbody tr").count() == 3
+        assert bp.locator(".sage-pause").inner_text() == "Resume"
+        shoot(bp, "step-breakpoint.png")
+        bp.locator(".sage-pause").click()                             # the header's Resume clears it
+        brk.wait_for(state="hidden", timeout=10_000)
+    assert page.problems == []
+
+
+def test_step_player_opens_offline_and_steps(page):
+    from sage_nb.inspector import Inspector
+
+    job = step_wordcount("step-player").run(backend="step")
+    job.run_to_end()
+    events = job.recording().events
+    w = Inspector(job, view="physical")
+    player = w.save_html(ARTIFACTS / "step-player.html")
+    w.close()
+
+    outside: list[str] = []
+
+    def offline(route):
+        if route.request.url.startswith("file:"):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", offline)
+    page.goto(player.as_uri(), wait_until="load")
+    root = page.locator(".sage-inspector")
+    event = root.locator(".sage-event")
+    root.locator(".sage-event[data-index='0']").wait_for(timeout=10_000)
+    assert root.locator(".sage-position").inner_text() == f"step 0 / {len(events)}"
+    for k in range(1, 4):
+        root.locator(".sage-step").click()
+        root.locator(f".sage-event[data-index='{k}']").wait_for(timeout=5000)
+        assert root.locator(".sage-event-text").inner_text() == str(events[k - 1])
+    ev = events[2]
+    root.locator(f".sage-packet[data-edge='{ev.instance}->{ev.targets[0]}']").wait_for(timeout=5000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "step-player.png"), full_page=True)
+    page.keyboard.press("ArrowLeft")                                  # back, from the keyboard
+    root.locator(".sage-event[data-index='2']").wait_for(timeout=5000)
+    root.locator(".sage-scrub").evaluate(
+        "(el, n) => { el.value = String(n); el.dispatchEvent(new Event('change')); }", len(events))
+    root.locator(f".sage-event[data-index='{len(events)}']").wait_for(timeout=5000)
+    assert root.locator(".sage-status").inner_text() == "FINISHED" and root.locator(".sage-step").is_disabled()
+
+    # Play from the start, Pause
+    root.locator(".sage-scrub").evaluate("el => { el.value = '0'; el.dispatchEvent(new Event('change')); }")
+    root.locator(".sage-play").click()
+    page.wait_for_function("() => window.sagePlayer.get('stepper').position >= 3", timeout=10_000)
+    root.locator(".sage-play").click()
+    assert not page.evaluate("window.sagePlayer.get('playing')")
+
+    # the quiz works offline too
+    root.locator(".sage-scrub").evaluate("el => { el.value = '0'; el.dispatchEvent(new Event('change')); }")
+    root.locator(".sage-quiz-toggle input").check()
+    root.locator(".sage-quiz[data-state='ask'] button[data-instance='split[1]']").click()
+    result = root.locator(".sage-quiz-result[data-correct='false']")
+    result.wait_for(timeout=5000)
+    assert "split[0] got it" in result.inner_text() and "score 0 / 1" in root.locator(".sage-score").inner_text()
+    assert event.get_attribute("data-index") == "1"
+    assert outside == [] and page.problems == []
+
+
+def test_step_panels_keep_names_as_text(page):
+    import sage_nb as snb
+    from sage_nb.inspector import Inspector
+
+    p = snb.Pipeline("odd-steps")
+    p.from_iterable(["a b"], name=HOSTILE).flat_map(str.split, name=SCRIPT_END, parallelism=2) \
+        .sink(name="out")
+    job = p.run(backend="step")
+    job.break_when(first_packet=f"{SCRIPT_END}[0]")
+    w = Inspector(job, view="physical", quiz=True)
+    w.answer(f"{SCRIPT_END}[1]")                                # a reveal, and a breakpoint hit
+    state = w.get_state()
+    w.close()
+    render_with_fake_model(page, state["_esm"], state, state["_css"])
+    root = page.locator(".sage-inspector")
+    assert HOSTILE in root.locator(".sage-event-title").inner_text()
+    assert f"{SCRIPT_END}[0]" in root.locator(".sage-break").inner_text()
+    assert root.locator(".sage-quiz-result[data-correct='false']").count() == 1
+    instances = root.locator(".sage-quiz button").evaluate_all("bs => bs.map(b => b.dataset.instance)")
+    assert instances == [f"{SCRIPT_END}[0]", f"{SCRIPT_END}[1]"]
+    packet = root.locator(".sage-packet").first
+    assert packet.get_attribute("data-edge") == f"{HOSTILE}[0]->{SCRIPT_END}[0]"
+    assert page.locator("img[src='x'], b").count() == 0 and page.problems == []

@@ -168,7 +168,8 @@ def test_updater_follows_the_job_and_stops_within_a_second_after_it_ends(close_a
 
 
 def test_the_inspector_only_reads_snapshots(close_all):
-    """It never touches a queue or a task: only ``snapshot()`` (and identity, ``done``)."""
+    """It never touches a queue or a task: only ``snapshot()`` (and identity, ``done``, the
+    backend, and whether a breakpoint holds the job)."""
     touched: list[str] = []
 
     class Recording:
@@ -185,7 +186,7 @@ def test_the_inspector_only_reads_snapshots(close_all):
     wait_for(lambda: job.calls >= 3, 3)
     job.finish()
     wait_for(lambda: not w.live, 2)
-    assert set(touched) <= {"snapshot", "job_id", "pipeline_name", "done"}
+    assert set(touched) <= {"snapshot", "job_id", "pipeline_name", "done", "backend", "breakpoint_hit"}
     assert "snapshot" in touched
 
 

@@ -1,7 +1,9 @@
 """What an inspector watches: a job, a pipeline (its newest job, else its compiled plan) or a snapshot.
 
 A source only ever calls ``job.snapshot()`` (plus ``pause()`` / ``resume()`` when the user
-asks): the inspector never touches a queue or a task.
+asks, and ``breakpoint_hit`` / ``queue_contents()`` while a breakpoint holds the job): the
+inspector never touches a queue or a task. Step jobs and recordings have their own source,
+:class:`~sage_nb.inspector.stepping.StepSource`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Source:
 
     #: True once no further snapshot will ever differ (the thread can end)
     finished: bool = False
+    #: True when a job runs beside the inspector: updates keep within a CPU budget
+    shares_cpu: bool = True
     key: str = ""
     label: str = ""
 
@@ -43,6 +47,18 @@ class Source:
 
     def job(self) -> Any:
         return None
+
+    def halt(self) -> tuple[Any, tuple[Any, ...]] | None:
+        """The breakpoint hit holding the job and its instance's queue contents, or None."""
+        job = self.job()
+        hit = None if job is None else getattr(job, "breakpoint_hit", None)
+        if hit is None:
+            return None
+        try:
+            queued = tuple(job.queue_contents(hit.instance))
+        except Exception:    # no queue to peek on this backend: show the hit alone
+            queued = ()
+        return hit, queued
 
     def control(self, action: str) -> None:
         """Pause or resume the current job (``action`` is 'pause' or 'resume'), if it runs."""
@@ -137,14 +153,19 @@ class PipelineSource(Source):
 
 
 def make_source(target: Any) -> Source:
-    """The source for ``target``: a job, a pipeline, a :class:`JobSnapshot` or a :class:`Source`."""
+    """The source for ``target``: a job, a pipeline, a :class:`JobSnapshot`, a recording or a
+    :class:`Source`."""
+    from .stepping import StepSource, is_recording, is_step_job
+
     if isinstance(target, Source):
         return target
     if isinstance(target, JobSnapshot):
         return SnapshotSource(target)
+    if is_recording(target) or is_step_job(target):
+        return StepSource(target)
     if callable(getattr(target, "snapshot", None)) and hasattr(target, "job_id"):
         return JobSource(target)
     if callable(getattr(target, "compile", None)) and hasattr(target, "name"):
         return PipelineSource(target)
-    raise TypeError(f"Inspector needs a job (p.run()), a Pipeline or a JobSnapshot, "
+    raise TypeError(f"Inspector needs a job (p.run()), a Pipeline, a JobSnapshot or a Recording, "
                     f"not {type(target).__name__}: {target!r:.80}")

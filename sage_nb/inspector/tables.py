@@ -121,10 +121,16 @@ def format_rate(rate: float) -> str:
 
 
 # ----------------------------------------------------------------------------- routing log
-def routing_rows(trace: Sequence[RoutingDecision], limit: int = 60) -> list[dict[str, Any]]:
-    """The latest ``limit`` routing decisions, newest first, as table rows."""
+def routing_rows(trace: Sequence[RoutingDecision], limit: int = 60,
+                 memo: dict[int, tuple[RoutingDecision, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The latest ``limit`` routing decisions, newest first, as table rows (``memo``: rows
+    already made, by decision, reused as the same dicts)."""
     rows = []
     for d in reversed(trace[-limit:] if limit else trace):
+        hit = memo.get(id(d)) if memo is not None else None
+        if hit is not None and hit[0] is d:
+            rows.append(hit[1])
+            continue
         rows.append({
             "seq": d.seq,
             "packet": f"#{d.seq} {short_repr(d.payload, 20)}" if d.payload else f"#{d.seq}",
@@ -135,6 +141,8 @@ def routing_rows(trace: Sequence[RoutingDecision], limit: int = 60) -> list[dict
             "strategy": STRATEGY_NAMES.get(d.strategy, d.strategy),
             "explain": d.explain(),
         })
+        if memo is not None:
+            memo[id(d)] = (d, rows[-1])
     return rows
 
 

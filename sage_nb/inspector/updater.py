@@ -2,7 +2,9 @@
 
 The thread reads a snapshot from its :class:`~sage_nb.inspector.source.Source`, hands it to
 ``apply`` (which only sets traits), and sleeps on an :class:`threading.Event` so that
-``stop()`` wakes it at once. It never prints: output from a thread lands in whichever cell
+``stop()`` and ``wake()`` end the wait at once. In step mode ``tick`` runs first on every
+round: while the user plays a recording, it makes the step (so Play never depends on the
+browser's timers or on messages from it). It never prints: output from a thread lands in whichever cell
 happens to run, so problems are reported through ``on_error`` (a trait) instead.
 """
 
@@ -28,17 +30,24 @@ POLL = 0.2          # how often a sleeping updater checks whether its job has en
 
 
 class Updater:
-    """Calls ``apply(snapshot)`` at ``rate()`` updates a second until the source is finished."""
+    """Calls ``apply(snapshot)`` at ``rate()`` updates a second until the source is finished.
+
+    ``tick()``, when given, runs before each read (the Play button's step); it returns
+    True when it moved something (the next round then comes at ``rate``, not at idle pace).
+    """
 
     def __init__(self, source: Source, apply: Callable[[JobSnapshot], None], rate: Callable[[], float],
                  on_error: Callable[[str], None], name: str,
-                 on_exit: Callable[[], None] = lambda: None) -> None:
+                 on_exit: Callable[[], None] = lambda: None,
+                 tick: Callable[[], bool] | None = None) -> None:
         self.source = source
         self.apply = apply
         self.rate = rate
         self.on_error = on_error
         self.on_exit = on_exit
+        self.tick = tick
         self._stop = threading.Event()
+        self._nudge = threading.Event()     # ends the current wait: stop() or wake()
         self._costs: deque[float] = deque(maxlen=5)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -52,9 +61,14 @@ class Updater:
     def stop(self, timeout: float = 1.0) -> bool:
         """Ask the thread to end and wait up to ``timeout`` s; True when it has ended."""
         self._stop.set()
+        self._nudge.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def wake(self) -> None:
+        """End the current wait now (Play was pressed)."""
+        self._nudge.set()
 
     def _interval(self, idle: bool) -> float:
         """Seconds to the next update: the rate asked for, slower if updates are costly.
@@ -62,32 +76,37 @@ class Updater:
         An update that took ``c`` seconds of this thread's CPU waits at least ``c / DUTY``:
         the inspector never takes more than ``DUTY`` of a core (and of the GIL) from the job.
         The cheapest of the last few updates counts, so one slow update (a timeline
-        rendering) does not stall the next ones.
+        rendering) does not stall the next ones. A source whose job only moves when the
+        inspector steps it (``shares_cpu`` false) has nothing to share the core with.
         """
         rate = min(MAX_RATE, max(MIN_RATE, self.rate()))
-        budget = min(self._costs) / DUTY if self._costs else 0.0
+        budget = min(self._costs) / DUTY if self._costs and self.source.shares_cpu else 0.0
         return min(IDLE_INTERVAL, max(1.0 / rate, budget, IDLE_INTERVAL if idle else 0.0))
 
     def _sleep(self, interval: float) -> None:
-        """Wait ``interval`` s, waking early on ``stop()`` or when the job ends or changes."""
+        """Wait ``interval`` s, waking early on ``stop()``, ``wake()`` or when the job ends or changes."""
         deadline = time.monotonic() + interval
         while not self._stop.is_set() and not self.source.changed():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self._stop.wait(min(left, POLL))
+            if self._nudge.wait(min(left, POLL)):
+                self._nudge.clear()
+                return
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 start = time.thread_time()
+                ticked = self.tick() if self.tick is not None else False
                 snap = self.source.read()
                 if snap is not None and not self._stop.is_set():
                     self.apply(snap)
+                if ticked or snap is not None:
                     self._costs.append(time.thread_time() - start)
                 if self.source.finished:
                     return
-                self._sleep(self._interval(idle=snap is None))
+                self._sleep(self._interval(idle=snap is None and not ticked))
         except Exception as exc:   # shown in the widget; the job itself is not affected
             self.on_error(f"inspector stopped updating: {exc!r}\n{traceback.format_exc()}")
         finally:

@@ -24,7 +24,7 @@ from .palette import (
 )
 from .tables import Rates, connection_ids, format_rate, logical_edge_ids, short_repr, strategy_label
 
-__all__ = ["VIEWS", "error_view", "graph_view", "status_view", "stops_text"]
+__all__ = ["VIEWS", "Memo", "error_view", "graph_view", "status_view", "stops_text"]
 
 VIEWS = ("logical", "physical")
 LABEL_SIZE = {"logical": (150.0, 50.0), "physical": (128.0, 34.0)}
@@ -190,6 +190,32 @@ def _frame(view: str, lay: layout.Layout, nodes: list[dict[str, Any]], edges: li
             "groups": groups, "label_size": list(LABEL_SIZE[view])}
 
 
+class Memo:
+    """Nodes and edges already built, by the snapshot objects they were built from.
+
+    A step recording's frames share the task and connection snapshots that a step did not
+    change; with one ``Memo`` over such frames (and the same rates), an unchanged node or
+    edge is the same dict as in the previous frame: built once, and cheap to compare.
+    ``Memo(enabled=False)`` builds every time.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._items: dict[Any, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+    def get(self, key: Any, parts: tuple[Any, ...], build: Any) -> dict[str, Any]:
+        hit = self._items.get(key) if self.enabled else None
+        if hit is not None and len(hit[0]) == len(parts) and all(a is b for a, b in zip(hit[0], parts, strict=True)):
+            return hit[1]
+        made = build()
+        if self.enabled:
+            self._items[key] = (parts, made)
+        return made
+
+
+NO_MEMO = Memo(enabled=False)
+
+
 @functools.lru_cache(maxsize=16)
 def _layout(ops: tuple[tuple[str, tuple[str, ...]], ...], op_edges: tuple[tuple[str, str], ...],
             links: tuple[tuple[str, str], ...], view: str) -> layout.Layout:
@@ -197,7 +223,7 @@ def _layout(ops: tuple[tuple[str, tuple[str, ...]], ...], op_edges: tuple[tuple[
     return layout.compute(ops, op_edges, links, label=LABEL_SIZE[view], view=view)
 
 
-def physical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]:
+def physical_graph(snap: JobSnapshot, rates: Rates = NO_RATES, memo: Memo = NO_MEMO) -> dict[str, Any]:
     ops = _operators(snap)
     tasks = {t.name: t for t in snap.tasks}
     known = {n for _, _, inst in ops for n in inst}
@@ -205,17 +231,22 @@ def physical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]
              if c.source in known and c.target in known]
     lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
                   tuple((c.source, c.target) for _, c in conns), "physical")
-    nodes = [_task_node(snap, tasks[n], lay.boxes[n], rates) for _, _, inst in ops for n in inst if n in tasks]
-    edges = []
-    for (cid, c), route in zip(conns, lay.routes, strict=True):
-        rate = rates.edges.get(cid, 0.0)
-        det = _details(f"{c.source} → {c.target}", _conn_rows(c, _rate_text(rate, rates)))
-        edges.append(_edge(cid, c.source, c.target, c.strategy, strategy_label(c.strategy, c.key_label),
-                           [c], rate, rates, route, det))
+    nodes = [memo.get(n, (tasks[n], lay.boxes[n], snap.error),
+                      lambda n=n: _task_node(snap, tasks[n], lay.boxes[n], rates))
+             for _, _, inst in ops for n in inst if n in tasks]
+    edges = [memo.get(cid, (c, route), lambda cid=cid, c=c, route=route: _conn_edge(cid, c, route, rates))
+             for (cid, c), route in zip(conns, lay.routes, strict=True)]
     return _frame("physical", lay, nodes, edges)
 
 
-def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]:
+def _conn_edge(cid: str, c: ConnectionSnapshot, route: layout.Route, rates: Rates) -> dict[str, Any]:
+    rate = rates.edges.get(cid, 0.0)
+    det = _details(f"{c.source} → {c.target}", _conn_rows(c, _rate_text(rate, rates)))
+    return _edge(cid, c.source, c.target, c.strategy, strategy_label(c.strategy, c.key_label),
+                 [c], rate, rates, route, det)
+
+
+def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES, memo: Memo = NO_MEMO) -> dict[str, Any]:
     ops = _operators(snap)
     tasks = {t.name: t for t in snap.tasks}
     names = {n for n, _, _ in ops}
@@ -223,30 +254,42 @@ def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES) -> dict[str, Any]:
                 if e[0] in names and e[1] in names]
     lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
                   tuple((e[0], e[1]) for _, e in edges_in), "logical")
-    nodes = [_operator_node(snap, n, kind, [tasks[i] for i in inst if i in tasks], lay.boxes[n], rates)
-             for n, kind, inst in ops]
+    nodes = []
+    for n, kind, inst in ops:
+        mine = [tasks[i] for i in inst if i in tasks]
+        nodes.append(memo.get(n, (*mine, lay.boxes[n], snap.error),
+                              lambda n=n, kind=kind, mine=mine: _operator_node(snap, n, kind, mine, lay.boxes[n], rates)))
     conn_ids = connection_ids(snap)
     edges = []
-    for (eid, (src, dst, strategy, key_label, inp)), route in zip(edges_in, lay.routes, strict=True):
+    for (eid, e), route in zip(edges_in, lay.routes, strict=True):
         mine = [(i, c) for i, c in zip(conn_ids, snap.connections, strict=True)
-                if c.source_operator == src and c.target_operator == dst and c.target_input_index == inp]
-        rate = sum(rates.edges.get(i, 0.0) for i, _ in mine)
-        label = strategy_label(strategy, key_label)
-        items = [f"{c.source} → {c.target}: {c.packets_sent} pkts, queue {c.used}/{c.capacity or '∞'}"
-                 for _, c in mine]
-        det = _details(f"{src} → {dst}", [["strategy", label], ["connections", len(mine)],
-                                          ["packets sent", sum(c.packets_sent for _, c in mine)],
-                                          ["rate", _rate_text(rate, rates)], ["input", inp]],
-                       [("connections", items)])
-        edges.append(_edge(eid, src, dst, strategy, label, [c for _, c in mine], rate, rates, route, det))
+                if c.source_operator == e[0] and c.target_operator == e[1] and c.target_input_index == e[4]]
+        edges.append(memo.get(eid, (*(c for _, c in mine), route),
+                              lambda eid=eid, e=e, mine=mine, route=route: _group_edge(eid, e, mine, route, rates)))
     return _frame("logical", lay, nodes, edges)
 
 
-def graph_view(snap: JobSnapshot, view: str = "logical", rates: Rates = NO_RATES) -> dict[str, Any]:
-    """The graph view model for ``view`` ('logical' or 'physical')."""
+def _group_edge(eid: str, e: tuple[str, str, str, str | None, int], mine: list[tuple[str, ConnectionSnapshot]],
+                route: layout.Route, rates: Rates) -> dict[str, Any]:
+    src, dst, strategy, key_label, inp = e
+    rate = sum(rates.edges.get(i, 0.0) for i, _ in mine)
+    label = strategy_label(strategy, key_label)
+    items = [f"{c.source} → {c.target}: {c.packets_sent} pkts, queue {c.used}/{c.capacity or '∞'}"
+             for _, c in mine]
+    det = _details(f"{src} → {dst}", [["strategy", label], ["connections", len(mine)],
+                                      ["packets sent", sum(c.packets_sent for _, c in mine)],
+                                      ["rate", _rate_text(rate, rates)], ["input", inp]],
+                   [("connections", items)])
+    return _edge(eid, src, dst, strategy, label, [c for _, c in mine], rate, rates, route, det)
+
+
+def graph_view(snap: JobSnapshot, view: str = "logical", rates: Rates = NO_RATES,
+               memo: Memo = NO_MEMO) -> dict[str, Any]:
+    """The graph view model for ``view`` ('logical' or 'physical'); ``memo`` (a :class:`Memo`,
+    with the same ``rates`` throughout) reuses the nodes and edges of unchanged snapshots."""
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; use one of {list(VIEWS)}")
-    return physical_graph(snap, rates) if view == "physical" else logical_graph(snap, rates)
+    return physical_graph(snap, rates, memo) if view == "physical" else logical_graph(snap, rates, memo)
 
 
 # ----------------------------------------------------------------------------- header
@@ -261,6 +304,9 @@ def status_view(snap: JobSnapshot) -> dict[str, Any]:
     if snap.status == "CREATED":
         facts = ["compiled plan, not run yet", _count(len(snap.operators), "operator"),
                  _count(len(snap.tasks), "instance"), _count(len(snap.connections), "connection")]
+    elif "step" in snap.extra:    # the step backend counts time in steps, shown by the step bar
+        facts = [f"job {snap.job_id}" if snap.job_id else "", "step by step",
+                 f"{finished}/{len(snap.tasks)} instances finished", f"{packets} packets sent"]
     else:
         facts = [f"job {snap.job_id}" if snap.job_id else "", snap.backend, f"{snap.elapsed:.1f} s",
                  f"{finished}/{len(snap.tasks)} instances finished", f"{packets} packets sent"]

@@ -2,9 +2,10 @@
 
 An :class:`anywidget.AnyWidget` with a few synced traits; the browser side is the single
 file ``static/inspector.js``. The model is the truth: one updater thread turns snapshots
-into view models (:mod:`.view`, :mod:`.tables`) and sets traits inside ``hold_sync()``;
-the JS only draws them. The browser talks back through three traits (``view``,
-``selected``, ``packet``) and two messages (pause, resume).
+into view models (:mod:`.view`, :mod:`.tables`, :mod:`.events`) and sets traits inside
+``hold_sync()``; the JS only draws them. The browser talks back through four traits
+(``view``, ``selected``, ``packet``, ``quiz``) and messages (pause, resume; in step mode
+step, back, seek, play, answer — see :mod:`.controls`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import anywidget
 import traitlets
 
 from ..metrics import JobSnapshot
-from . import render, report
+from . import player, render, report
+from .controls import STEP_RATES, StepControls
+from .events import breakpoint_view
 from .history import LoadHistory, RateWindow
 from .palette import palette
+from .quiz import Quiz
 from .source import make_source
 from .tables import key_distribution, packet_path, routing_rows
 from .updater import MAX_RATE, MIN_RATE, Registry, Updater
@@ -38,7 +42,7 @@ AUTO_PHYSICAL_MAX = 12        # default to the physical view up to this many ins
 _registry = Registry()
 
 
-class Inspector(anywidget.AnyWidget):
+class Inspector(StepControls, anywidget.AnyWidget):
     """A live view of a job: where packets go, how full every queue is, why.
 
     ``Inspector(job)`` follows a running job until it ends (and shows a finished one);
@@ -46,6 +50,12 @@ class Inspector(anywidget.AnyWidget):
     ``Inspector(snapshot)`` shows one frozen :class:`~sage_nb.metrics.JobSnapshot`.
     A new inspector on the same job or pipeline closes the previous one, so re-running a
     cell leaves no thread behind. ``save_html()`` / ``save_png()`` keep the final state.
+
+    On a step job (``p.run(backend="step")``) or a recording (``sage_nb.load_recording``)
+    it steps: :meth:`step`, :meth:`back`, :meth:`seek`, :meth:`play` / :meth:`pause` (the
+    buttons), ``quiz=True`` asks where each packet goes before it moves (:meth:`answer`),
+    and ``save_html()`` writes an offline player of the run. While a breakpoint holds the
+    job, it shows where and why, with the queue contents of that instance.
 
     The inspector only calls ``job.snapshot()`` (and ``pause()``/``resume()`` on request),
     at most ``rate`` (<= 10) times a second and within a CPU budget of a few per cent. Its
@@ -79,10 +89,20 @@ class Inspector(anywidget.AnyWidget):
     notice = traitlets.Unicode("").tag(sync=True)
     palette = traitlets.Dict().tag(sync=True)
     title = traitlets.Unicode("").tag(sync=True)
+    # step mode (a step job or a recording); all {} / False otherwise
+    stepper = traitlets.Dict().tag(sync=True)          # scrubber: position, max, what moves next
+    event = traitlets.Dict().tag(sync=True)            # the event that led to the position shown
+    playing = traitlets.Bool(False).tag(sync=True)
+    quiz = traitlets.Bool(False).tag(sync=True)        # predict-then-reveal (the browser toggles it)
+    question = traitlets.Dict().tag(sync=True)         # the question or the reveal, and the score
+    breakpoint_hit = traitlets.Dict().tag(sync=True)   # where and why a breakpoint holds the job
 
-    def __init__(self, target: Any, *, view: str | None = None, rate: float = 5.0, **kwargs: Any) -> None:
+    def __init__(self, target: Any, *, view: str | None = None, rate: float = 5.0, quiz: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(rate=rate, palette=palette(), **kwargs)
         self._source = make_source(target)
+        self._quiz = Quiz()
+        self._updater: Updater | None = None
         self._lock = threading.RLock()
         self._snap: JobSnapshot | None = None
         self._rates = RateWindow()
@@ -99,14 +119,19 @@ class Inspector(anywidget.AnyWidget):
         self.title = self._source.label
         self.on_msg(self._on_message)
         _registry.claim(self._source.key, self)
-        self._updater = Updater(self._source, self._apply, lambda: self.rate, self._on_error,
-                                name=f"sage-inspector[{self._source.key}]", on_exit=self._on_exit)
+        self._updater = self._make_updater()
         first = self._source.read()
         if first is not None:
             self._apply(first)
+        self.quiz = quiz and self.stepping
         if not self._source.finished:
             self.live = True
             self._updater.start()
+
+    def _make_updater(self) -> Updater:
+        return Updater(self._source, self._apply, lambda: self.rate, self._on_error,
+                       name=f"sage-inspector[{self._source.key}]", on_exit=self._on_exit,
+                       tick=self._tick if self.stepping else None)
 
     # -------------------------------------------------------------- traits the browser sets
     @traitlets.validate("view")
@@ -129,19 +154,34 @@ class Inspector(anywidget.AnyWidget):
         with self._lock:
             self.path = self._path(self._snap)
 
+    @traitlets.observe("quiz")
+    def _quiz_changed(self, change: dict[str, Any]) -> None:
+        self._quiz_toggled(change["new"])
+
     def _on_message(self, widget: Any, content: dict[str, Any], buffers: list[Any]) -> None:
         action = content.get("type") if isinstance(content, dict) else None
-        if action in ("pause", "resume"):
-            self.pause() if action == "pause" else self.resume()
+        try:
+            if action in ("pause", "resume"):
+                self.pause() if action == "pause" else self.resume()
+            else:
+                self._step_message(str(action), content)
+        except (TypeError, ValueError) as exc:     # shown, never raised into the kernel's log
+            self.notice = f"{action}: {exc}"
 
     # -------------------------------------------------------------- public
     def pause(self) -> None:
-        """Pause the watched job (``job.pause()``); no effect once it has ended."""
-        self._source.control("pause")
+        """Pause: stop playing (step mode), or pause the watched job (``job.pause()``; no
+        effect once it has ended)."""
+        if self.stepping:
+            self._set_playing(False)
+        else:
+            self._source.control("pause")
 
     def resume(self) -> None:
-        """Resume the watched job (``job.resume()``)."""
+        """Resume the watched job (``job.resume()``), or let it go on from a breakpoint hit."""
         self._source.control("resume")
+        if self.stepping:
+            self._show()
 
     @property
     def snapshot(self) -> JobSnapshot | None:
@@ -162,14 +202,21 @@ class Inspector(anywidget.AnyWidget):
         """Read the watched job's snapshot now and show it (the updater does this live)."""
         if self._closed:
             return
+        if self.stepping:
+            self._show()
+            return
         snap = self._source.read()
         if snap is not None:
             self._apply(snap)
 
     def save_html(self, path: str | Path) -> Path:
-        """Write a self-contained HTML report of the current state (works offline)."""
-        self.refresh()
-        return report.save_html(self._report_data(), path)
+        """Write a self-contained HTML file that works offline: a report of the current state,
+        or, in step mode, a player of the run (step, back, play, scrub; at most
+        :data:`~sage_nb.inspector.controls.MAX_FRAMES` steps)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.to_html(), encoding="utf-8")
+        return out
 
     def save_png(self, path: str | Path) -> Path:
         """Write a PNG of the graph with its loads (matplotlib; for slides and terminals)."""
@@ -179,7 +226,10 @@ class Inspector(anywidget.AnyWidget):
         return out
 
     def to_html(self) -> str:
-        """The HTML report as a string."""
+        """The HTML report (in step mode: the player) as a string."""
+        self.refresh()
+        if self.stepping:
+            return player.render_player(*self._player_data())
         return report.render_html(self._report_data())
 
     # -------------------------------------------------------------- updates
@@ -187,6 +237,9 @@ class Inspector(anywidget.AnyWidget):
         if self._closed:
             return
         with self._lock:
+            if self.stepping and snap.extra.get("step", self._source.position) != self._source.position:
+                self._source.invalidate()       # the job moved on since this was read: read again
+                return
             if self._snap is not None and snap.job_id != self._snap.job_id:
                 self._rates.reset()
                 self.packet = -1
@@ -203,11 +256,16 @@ class Inspector(anywidget.AnyWidget):
     def _refresh(self) -> None:
         with self._lock:
             if self._snap is not None:
+                state = {"graph": self._graph(self._snap), "path": self._path(self._snap)}
+                if self.stepping:
+                    state.update(self._step_state(self._snap))
                 with self.hold_sync():
-                    self.graph = self._graph(self._snap)
-                    self.path = self._path(self._snap)
+                    for name, value in state.items():
+                        setattr(self, name, value)
 
     def _graph(self, snap: JobSnapshot) -> dict[str, Any]:
+        if self.stepping:
+            return graph_view(snap, self.view, STEP_RATES)
         return graph_view(snap, self.view, self._rates.rates(average=snap.status in ENDED))
 
     def _path(self, snap: JobSnapshot | None) -> list[str]:
@@ -225,6 +283,11 @@ class Inspector(anywidget.AnyWidget):
             "keydist": key_distribution(snap), "status": snap.status,
             "summary": status_view(snap), "error": error_view(snap), "path": self._path(snap),
         }
+        if self.stepping:         # time is counted in steps: no timeline over seconds
+            return {**state, **self._step_state(snap)}
+        halt = self._source.halt()
+        hit, queued = halt if halt is not None else (None, ())
+        state["breakpoint_hit"] = breakpoint_view(hit, queued, snap, self.view)
         now = time.monotonic()
         final = self._source.finished or snap.status in ENDED     # nothing more will come
         if final or now - self._timeline_at >= max(TIMELINE_EVERY, self._timeline_cost / TIMELINE_DUTY):
