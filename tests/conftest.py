@@ -1,4 +1,4 @@
-"""Shared fixtures: the backend parametrisation, thread-leak checks, the Ray session."""
+"""Shared fixtures: the backend parametrisation and thread-leak checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import sage_nb as snb
 from sage_nb.testing import no_thread_leak
 
-BACKENDS = ["threads"]  # "step" and "ray" join when their backends land
+BACKENDS = ["threads", "step"]  # "ray" joins when its backend lands
 
 
 @pytest.fixture(params=BACKENDS)
