@@ -146,12 +146,10 @@ class BaseTask:
         self.current: Any = None   # the packet being processed when user code raised
         self.error: BaseException | None = None
         self._closers: list[Callable[[], Any]] = []
-        self._started = 0.0
 
     # ------------------------------------------------------------------ life cycle
     def run(self) -> None:
         """Open, process until end of stream, close, forward stop signals; never raises."""
-        self._started = time.monotonic()
         try:
             fn = self._open()
             if self.ctx.kind == "source":
