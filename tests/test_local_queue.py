@@ -160,3 +160,45 @@ def test_calls_after_shutdown_raise(call):
     with pytest.raises(QueueShutDown, match="shut down"):
         call(q)
     assert q.statistics().used == 1
+
+
+# --------------------------------------------------------------------------- batches in
+def test_offer_puts_what_fits_in_order_and_counts_items():
+    q = LocalQueue(maxsize=3)
+    assert q.offer(["a", "b"]) == 2
+    assert q.offer(["c", "d", "e"]) == 1          # room for one: the rest stays with the caller
+    assert q.offer(["c", "d", "e"], 1) == 1       # full: nothing put
+    assert q.get_many(10) == ["a", "b", "c"]
+    assert q.offer(["c", "d", "e"], 1) == 3
+    assert q.statistics() == QueueStats(used=2, capacity=3, peak=3, total_in=5, total_out=3)
+
+
+def test_put_many_waits_for_room_and_reports_what_it_put_on_timeout():
+    q = LocalQueue(maxsize=2)
+    with pytest.raises(queue.Full) as info:
+        q.put_many([1, 2, 3], timeout=0.01)
+    assert info.value.accepted == 2 and q.get_many(5) == [1, 2]
+    b = Blocked(lambda: q.put_many(list(range(5))))
+    got: list = []
+    while len(got) < 5:
+        got += q.get_many(5)
+    b.join()
+    assert got == [0, 1, 2, 3, 4] and b.error is None
+
+
+def test_getters_counts_callers_waiting_for_an_item_and_shutdown_wakes_put_many():
+    q = LocalQueue(maxsize=1)
+    assert q.getters == 0
+    b = Blocked(lambda: q.get_many(4))
+    wait_for(lambda: q.getters == 1)
+    q.put("x")
+    b.join()
+    assert b.result == ["x"] and q.getters == 0
+    q.put("full")
+    b = Blocked(lambda: q.put_many(["y"]))
+    wait_for(lambda: _waiters(q.not_full) == 1)
+    q.shutdown()
+    b.join()
+    assert isinstance(b.error, QueueShutDown)
+    with pytest.raises(QueueShutDown):
+        q.offer(["z"])

@@ -56,6 +56,7 @@ class LocalQueue(queue.Queue):
         self.total_in = 0
         self.total_out = 0
         self.is_shutdown = False
+        self.getters = 0   # threads blocked in get/get_many: a hint for producers (read unlocked)
 
     # -- the stdlib hooks, called with the mutex held
     def _put(self, item: Any) -> None:
@@ -80,13 +81,18 @@ class LocalQueue(queue.Queue):
         if timeout is not None and timeout < 0:
             raise ValueError("'timeout' must be a non-negative number")
         end = None if timeout is None else monotonic() + timeout
-        while not ready():
-            remaining = None if end is None else end - monotonic()
-            if remaining is not None and remaining <= 0:
-                raise exc
-            cond.wait(remaining)
-            if self.is_shutdown:
-                raise QueueShutDown("queue was shut down: its job is stopping")
+        getting = cond is self.not_empty
+        self.getters += getting
+        try:
+            while not ready():
+                remaining = None if end is None else end - monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise exc
+                cond.wait(remaining)
+                if self.is_shutdown:
+                    raise QueueShutDown("queue was shut down: its job is stopping")
+        finally:
+            self.getters -= getting
 
     def _has_room(self) -> bool:
         return self.maxsize <= 0 or len(self.queue) < self.maxsize
@@ -112,16 +118,54 @@ class LocalQueue(queue.Queue):
         with self.not_empty:
             self._wait(self.not_empty, self.queue.__len__, block, timeout, queue.Empty)
             q = self.queue
-            n = min(max_items, len(q))
-            items = [q.popleft() for _ in range(n)]
+            n = len(q)
+            if n <= max_items:
+                items = list(q)
+                q.clear()
+            else:
+                n = max_items
+                items = [q.popleft() for _ in range(n)]
             self.total_out += n
             self.not_full.notify(n)
             return items
 
     def put_many(self, items: list, block: bool = True, timeout: float | None = None) -> None:
-        """Put every item in order; waits for room item by item (backpressure counts items)."""
-        for item in items:
-            self.put(item, block, timeout)
+        """Put every item in order, as many at a time as there is room for (backpressure
+        counts items). On ``queue.Full`` (a timeout) the items before ``exc.accepted`` were put."""
+        done, n = 0, len(items)
+        while done < n:
+            done = self.offer(items, done)
+            if done < n:
+                try:
+                    self.wait_room(block, timeout)
+                except queue.Full as exc:
+                    exc.accepted = done  # type: ignore[attr-defined]
+                    raise
+
+    def offer(self, items: list, start: int = 0) -> int:
+        """Put ``items[start:]`` as far as there is room, without waiting; return the index
+        after the last item put (``len(items)``: all of them)."""
+        with self.not_full:
+            if self.is_shutdown:
+                raise QueueShutDown("queue was shut down: its job is stopping")
+            q = self.queue
+            room = len(items) - start if self.maxsize <= 0 else self.maxsize - len(q)
+            if room <= 0:
+                return start
+            end = min(len(items), start + room)
+            q.extend(items[start:end] if start or end < len(items) else items)
+            k = end - start
+            self.total_in += k
+            self.unfinished_tasks += k
+            if len(q) > self.peak:
+                self.peak = len(q)
+            self.not_empty.notify(k)
+            return end
+
+    def wait_room(self, block: bool = True, timeout: float | None = None) -> None:
+        """Wait until the queue has room for one item (``queue.Full`` after ``timeout``)."""
+        with self.not_full:
+            self._wait(self.not_full, self._has_room, block, timeout, queue.Full)
 
     def shutdown(self, immediate: bool = True) -> None:
         """Wake every blocked ``put``/``get`` with QueueShutDown; later calls raise it too.
