@@ -7,14 +7,21 @@ import os
 import pytest
 
 import sage_nb as snb
+from sage_nb.runtime import batching
 from sage_nb.testing import no_thread_leak
 
 BACKENDS = ["threads", "step"]  # "ray" joins when its backend lands
+#: The threads backend once more, packet by packet: its default batch size made 1.
+THREADS_BATCH1 = "threads-batch1"
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """Every behavioural test runs on every available backend."""
+@pytest.fixture(params=[*BACKENDS[:1], THREADS_BATCH1, *BACKENDS[1:]])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every behavioural test runs on every available backend; threads twice: with
+    micro-batching (the default) and with ``batch_size=1``."""
+    if request.param == THREADS_BATCH1:
+        monkeypatch.setattr(batching, "DEFAULT_BATCH_SIZE", 1)
+        return "threads"
     return request.param
 
 

@@ -15,7 +15,8 @@ class Connection:
     ``broadcast_index`` is the upstream instance's group for the downstream operator,
     ``parallel_index`` the downstream instance, ``target_input_index`` the logical input
     it feeds. Two connections are equal when they describe the same physical edge.
-    ``packets_sent`` / ``stops_sent`` count what the router delivered on it.
+    ``packets_sent`` / ``stops_sent`` count what the router delivered on it (packets waiting
+    in the router's ``batch`` buffer are not delivered yet); ``batches_sent`` counts its puts.
 
     >>> from sage_nb.communication import PythonQueueDescriptor
     >>> qd = PythonQueueDescriptor(maxsize=10, queue_id="q")
@@ -35,6 +36,9 @@ class Connection:
         self.source_name = source_name
         self.packets_sent = 0
         self.stops_sent = 0
+        self.batches_sent = 0
+        self.batch: list[Any] = []  # routed, not yet shipped (a batching router's buffer)
+        self.batch_limit = 1        # ship when the buffer holds this many (set by the router)
         self._queue: Any = None
 
     @property
@@ -68,6 +72,7 @@ class Connection:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_queue"] = None
+        state["batch"] = []
         return state
 
     def to_dict(self) -> dict[str, Any]:

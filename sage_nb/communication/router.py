@@ -17,7 +17,9 @@ is set or the queue is shut down, or with :class:`~sage_nb.errors.DeliveryError`
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 from ..errors import Cancelled, DeliveryError, ProtocolError
 from .connection import Connection
-from .local_queue import QueueShutDown
+from .local_queue import LocalQueue, QueueShutDown
 from .packet import Packet, StopSignal
 from .partition import partition, stable_hash
 
@@ -98,7 +100,8 @@ class BaseRouter:
     """
 
     def __init__(self, name: str, groups: Sequence[BroadcastGroup], *, cancel: Any = None,
-                 put_timeout: float | None = None, poll_interval: float = 0.05) -> None:
+                 put_timeout: float | None = None, poll_interval: float = 0.05,
+                 batch_size: int = 1) -> None:
         self.name = name
         self.groups = tuple(groups)
         self.rr = [0] * len(self.groups)
@@ -111,10 +114,20 @@ class BaseRouter:
         self.blocked_time = 0.0
         self.blocked = False
         self.closed = False  # set by send_stop_signal(): no data may follow a stop signal
+        self.batch_size = batch_size
+        # our own buffers, unless a subclass delivers in its own way (its _put)
+        self.batching = batch_size > 1 and type(self)._put is BaseRouter._put
+        self.ship_lock = threading.Lock()  # one shipper at a time: the task, or the job's flusher
+        self._conns = tuple(c for g in self.groups for c in g.connections)
+        self._lane = self.groups[0] if self.batching and len(self.groups) == 1 else None
+        for c in self._conns:
+            c.batch = []
+            # a batch never exceeds its queue: a small queue keeps the pipeline short
+            c.batch_limit = min(batch_size, _capacity(c) or batch_size)
 
     @property
     def connections(self) -> list[Connection]:
-        return [c for g in self.groups for c in g.connections]
+        return list(self._conns)
 
     def send(self, packet: Packet) -> int:
         """Deliver ``packet`` to every group; returns how many deliveries were made.
@@ -126,11 +139,15 @@ class BaseRouter:
         if self.closed:
             raise ProtocolError(f"{self.name}: send() after send_stop_signal(); data must not "
                                 f"follow the end of stream")
+        g = self._lane
+        if g is not None and self.watch is None and (g.key is not None or packet.partition_strategy is None):
+            return self._send_lane(g, packet)
         payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
         seq, created = packet.seq, packet.created
         single = len(self.groups) == 1
         n = 0
         watch = self.watch
+        batching, put = self.batching, self._put
         for g in self.groups:
             conns = g.connections
             size = len(conns)
@@ -161,13 +178,72 @@ class BaseRouter:
                     out.partition_key, out.partition_strategy = None, None
                 else:
                     out.partition_key, out.partition_strategy = key, strategy
-                hit = None if watch is None else watch(c, out)
-                self._put(c, out)
-                c.packets_sent += 1
+                if watch is not None:  # breakpoints see every packet enter its queue
+                    self._put_watched(watch, c, out)
+                elif batching:
+                    buf = c.batch
+                    buf.append(out)
+                    if len(buf) >= c.batch_limit:
+                        self._ship(c)
+                else:
+                    put(c, out)
+                    c.packets_sent += 1
                 n += 1
-                if hit is not None:
-                    hit()
         return n
+
+    def _send_lane(self, g: BroadcastGroup, packet: Packet) -> int:
+        """``send`` for the common case, leaner: one group, our own buffers, no breakpoint,
+        and the group's strategy applies (an unkeyed packet, or a key function)."""
+        conns = g.connections
+        if g.key is not None:
+            key = g.key(packet.payload)
+            c = conns[partition(key, len(conns))]
+            packet.partition_key, packet.partition_strategy = key, "hash"
+            before = None
+        elif g.strategy == "round_robin":
+            rr = self.rr
+            before = rr[0]
+            rr[0] = 0 if before + 1 == len(conns) else before + 1
+            c = conns[before]
+            packet.partition_key = key = None
+        else:  # broadcast: a copy for each
+            return self._send_all(g, packet)
+        tr = self.tracer
+        if tr is not None and tr.sample():
+            self._trace(tr, packet.seq, g, g.strategy if g.key is None else "hash", key, (c,),
+                        before, packet.payload)
+        packet.input_index = c.target_input_index
+        buf = c.batch
+        buf.append(packet)
+        if len(buf) >= c.batch_limit:
+            self._ship(c)
+        return 1
+
+    def _send_all(self, g: BroadcastGroup, packet: Packet) -> int:
+        payload, seq, created = packet.payload, packet.seq, packet.created
+        tr = self.tracer
+        if tr is not None and tr.sample():
+            self._trace(tr, seq, g, "broadcast", None, g.connections, None, payload)
+        for c in g.connections:
+            out = Packet(payload, c.target_input_index, seq=seq, created=created)
+            out.partition_strategy = "broadcast"
+            buf = c.batch
+            buf.append(out)
+            if len(buf) >= c.batch_limit:
+                self._ship(c)
+        return len(g.connections)
+
+    def _put_watched(self, watch: Callable[[Connection, Packet], Callable[[], None] | None],
+                     conn: Connection, packet: Packet) -> None:
+        hit = watch(conn, packet)
+        if self.batching:  # what waits in the buffer goes first: FIFO per connection
+            conn.batch.append(packet)
+            self._ship(conn)
+        else:
+            self._put(conn, packet)
+            conn.packets_sent += 1
+        if hit is not None:
+            hit()
 
     def send_stop_signal(self) -> int:
         """Send one :class:`StopSignal` on every connection (FIFO behind the data); returns the count."""
@@ -175,10 +251,115 @@ class BaseRouter:
         n = 0
         for g in self.groups:
             for c in g.connections:
-                self._put(c, StopSignal(self.name, c.target_input_index))
-                c.stops_sent += 1
+                stop = StopSignal(self.name, c.target_input_index)
+                if self.batching:  # behind the buffered data, in the same put
+                    c.batch.append(stop)
+                    self._ship(c)
+                else:
+                    self._put(c, stop)
+                    c.stops_sent += 1
                 n += 1
         return n
+
+    # ------------------------------------------------------------------ batches
+    def buffered(self) -> int:
+        """Packets routed but still waiting in this router's buffers."""
+        return sum(len(c.batch) for c in self._conns) if self.batching else 0
+
+    def flush(self) -> None:
+        """Ship every buffered batch now (blocking while a queue is full)."""
+        if self.batching:
+            for c in self._conns:
+                if c.batch:
+                    self._ship(c)
+
+    def flush_waiting(self) -> None:
+        """Ship the batches whose receiver is waiting for input (it gains nothing by waiting longer)."""
+        for c in self._conns:
+            if c.batch and getattr(c._queue, "getters", 1):  # not opened yet: ship, which opens it
+                self._ship(c)
+
+    def _ship(self, conn: Connection, block: bool = True) -> bool:
+        """Deliver ``conn``'s buffer in order; the delivered prefix leaves the buffer and is counted.
+
+        Only the shipper removes items (under ``ship_lock``); the task appends meanwhile, at
+        the end. ``block=False`` (the flusher) puts what fits now and never waits for the lock.
+        """
+        lock = self.ship_lock
+        if not lock.acquire(block):
+            return False
+        try:
+            buf = conn.batch
+            items = buf[:]
+            done = [0]
+            try:
+                if block:
+                    self._deliver(conn, items, done)
+                else:
+                    self._offer(conn, items, done)
+            finally:
+                k = done[0]
+                if k:
+                    del buf[:k]
+                    if items[k - 1].__class__ is StopSignal:
+                        conn.stops_sent += 1
+                        k -= 1
+                    conn.packets_sent += k
+                    conn.batches_sent += 1
+            return True
+        finally:
+            lock.release()
+
+    def _offer(self, conn: Connection, items: list, done: list[int]) -> None:
+        q = conn.queue
+        try:
+            if _fast_queue(q):
+                done[0] = q.offer(items, 0)
+                return
+            for item in items:
+                q.put(item, False)
+                done[0] += 1
+        except (queue.Full, QueueShutDown):
+            pass
+
+    def _deliver(self, conn: Connection, items: list, done: list[int]) -> None:
+        """Put every item of ``items`` in order; ``done[0]`` counts those put, whatever happens."""
+        q = conn.queue
+        if not _fast_queue(q):  # a queue that overrides put (or is remote) takes them one by one
+            for item in items:
+                self._put(conn, item)
+                done[0] += 1
+            return
+        n = len(items)
+        try:
+            done[0] = q.offer(items, 0)
+            if done[0] < n:
+                start = time.monotonic()
+                self.blocked = True
+                try:
+                    while done[0] < n:
+                        self._wait_room(conn, q, start)
+                        done[0] = q.offer(items, done[0])
+                finally:
+                    self.blocked = False
+                    self.blocked_time += time.monotonic() - start
+        except QueueShutDown:
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+
+    def _wait_room(self, conn: Connection, q: Any, start: float) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}")
+        waited = time.monotonic() - start
+        if self.put_timeout is not None and waited >= self.put_timeout:
+            raise DeliveryError(
+                f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
+                f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
+                f"the packet was not delivered")
+        wait = self.poll_interval
+        if self.put_timeout is not None:
+            wait = max(0.0, min(wait, self.put_timeout - waited))
+        with contextlib.suppress(queue.Full):
+            q.wait_room(True, wait)
 
     def _put(self, conn: Connection, item: Any) -> None:
         q = conn.queue
@@ -234,3 +415,17 @@ class BaseRouter:
     def get_connections_info(self) -> dict[str, Any]:
         return {g.target: {"strategy": g.strategy, "round_robin_position": self.rr[g.index],
                            "targets": [c.to_dict() for c in g.connections]} for g in self.groups}
+
+
+def _fast_queue(q: Any) -> bool:
+    """A :class:`LocalQueue` whose ``put`` is its own: batches go in with ``offer``."""
+    t = type(q)
+    return issubclass(t, LocalQueue) and t.put is LocalQueue.put
+
+
+def _capacity(conn: Connection) -> int:
+    """The capacity of ``conn``'s queue from its descriptor (0: unbounded or unknown)."""
+    try:
+        return int(conn.queue_descriptor.metadata.get("maxsize") or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown, QueueStats
 from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace
+from .batching import Flusher, check_batching
 from .service import ServiceCaller, ServiceRunner
 from .task import BaseTask, Control
 from .threads import ThreadsBackend
@@ -34,8 +35,10 @@ class Dispatcher:
     """
 
     def __init__(self, plan: ExecutionGraph, *, put_timeout: float | None = None,
-                 trace: Trace | None = None) -> None:
+                 trace: Trace | None = None, batch_size: int | None = None,
+                 linger: float | None = None) -> None:
         self.plan = plan
+        self.batch_size, self.linger = check_batching(batch_size, linger)
         self.control = Control()
         self.trace = trace or Trace()
         self.results: dict[str, list[Any]] = {
@@ -43,7 +46,8 @@ class Dispatcher:
         self.tasks: dict[str, BaseTask] = {}
         for name, ctx in plan.contexts.items():
             task = BaseTask(ctx, self, results=self.results.get(ctx.operator),
-                            node_attrs=plan.logical.nodes[ctx.operator], put_timeout=put_timeout)
+                            node_attrs=plan.logical.nodes[ctx.operator], put_timeout=put_timeout,
+                            batch_size=self.batch_size)
             task.router.tracer = self.trace
             self.tasks[name] = task
         specs = plan.logical.graph.get("services", {})
@@ -62,6 +66,7 @@ class Dispatcher:
         self._last_stats: dict[str, QueueStats] = {}
         self.cleanup_errors: list[BaseException] = []
         self.on_error: Any = None   # breakpoints: called as on_error(task, exc, packet) first
+        self.flusher: Flusher | None = None   # ships what waited `linger` (when routers batch)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -87,6 +92,10 @@ class Dispatcher:
                 ctx._caller = ServiceCaller(ctx)
         for name, task in self.tasks.items():
             self.backend.spawn(task.run, name)
+        batching = [t.router for t in self.tasks.values() if t.router.batching]
+        if batching:
+            self.flusher = Flusher(batching, self.linger, self.done, self.control.cancel)
+            self.backend.spawn(self.flusher.run, "flusher")
 
     def task_failed(self, task: BaseTask, exc: BaseException, packet: Any) -> None:
         if self.on_error is not None:  # an error breakpoint pauses here, before the job fails

@@ -64,10 +64,14 @@ class StepRunner(StepActions, Dispatcher):
     breakpoints: Any = None   # set by Job.break_when (a sage_nb.runtime.breakpoints.Breakpoints)
 
     def __init__(self, plan: ExecutionGraph, *, policy: str = "round_robin",
-                 record_limit: int = RECORD_LIMIT, put_timeout: float | None = None) -> None:
+                 record_limit: int = RECORD_LIMIT, put_timeout: float | None = None,
+                 batch_size: int | None = None, linger: float | None = None) -> None:
         if policy not in POLICIES:
             raise BackendError(f"unknown step policy {policy!r}; use one of {list(POLICIES)}")
-        super().__init__(plan, trace=StepTrace())
+        if batch_size not in (None, 1):  # one step moves one packet one hop
+            raise BackendError(f"backend='step' moves packets one by one: batch_size must be 1, "
+                               f"got {batch_size!r}")
+        super().__init__(plan, trace=StepTrace(), batch_size=1, linger=linger)
         self.policy = policy
         self.work: dict[str, Any] = {}   # instance -> its process function or source iterator
         self.state = StepState(self, Recording({}, record_limit))

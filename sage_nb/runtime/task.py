@@ -122,14 +122,15 @@ class BaseTask:
     """Runs one instance; ``state`` and the counters are read by snapshots from other threads."""
 
     def __init__(self, ctx: TaskContext, owner: Owner, *, results: list | None = None,
-                 node_attrs: dict[str, Any] | None = None, put_timeout: float | None = None) -> None:
+                 node_attrs: dict[str, Any] | None = None, put_timeout: float | None = None,
+                 batch_size: int = 1) -> None:
         self.ctx = ctx
         self.owner = owner
         self.control = owner.control
         self.attrs = node_attrs or {}
         self.results = results
         self.router = BaseRouter(ctx.name, ctx.downstream_groups, cancel=self.control.cancel,
-                                 put_timeout=put_timeout)
+                                 put_timeout=put_timeout, batch_size=batch_size)
         self.state = "starting"
         self.packets_in = 0
         self.busy_time = 0.0
@@ -231,6 +232,8 @@ class BaseTask:
                     raise
 
     def _wait_paused(self) -> None:
+        if self.router.batching:  # what was routed before the pause is delivered
+            self.router.flush()
         previous, self.state = self.state, "paused"
         self.control.resume.wait()
         if self.control.cancel.is_set():
@@ -261,8 +264,10 @@ class BaseTask:
         return iter(shared)
 
     def _run_source(self, fn: Any) -> None:
-        control = self.control
-        send = self.router.send
+        control, router = self.control, self.router
+        send = router.send
+        # a receiver waiting for input gets what is buffered at once (light traffic)
+        nudge = router.flush_waiting if router.batching else None
         self.state = "busy"
         for item in self._source_items(fn):
             if control.stopping:
@@ -274,6 +279,8 @@ class BaseTask:
             self.current = item
             send(Packet(item))
             self.packets_in += 1
+            if nudge is not None:
+                nudge()
         self.current = None
 
     # ------------------------------------------------------------------ operators
@@ -330,8 +337,14 @@ class BaseTask:
         expected, seen = self._expected, self._seen
         perf = time.perf_counter
         get_many = q.get_many
+        batching = router.batching
         while expected:
             self.state = "draining" if seen else "idle"
+            if batching:  # ship before waiting for input; a waiting receiver gets its batch now
+                if q.empty():
+                    router.flush()
+                else:
+                    router.flush_waiting()
             batch = get_many(BATCH_MAX)
             if control.paused:
                 self._wait_paused()

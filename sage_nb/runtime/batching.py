@@ -1,0 +1,80 @@
+"""Micro-batching options, and the flusher that bounds how long a routed packet may wait.
+
+On the threads backend a router buffers the packets it routes to each connection and
+ships a buffer with one put when it holds ``batch_size`` packets, when its task is about
+to wait for input, before a pause and before the stop signals. Light traffic never waits
+for a full batch: a task ships to a receiver that is waiting for input at once, and the
+job's :class:`Flusher` ships whatever waited ``linger`` seconds (a slow source, slow user
+code). ``batch_size=1`` routes and delivers packet by packet (the teaching view).
+
+>>> check_batching(None, None)
+(256, 0.005)
+>>> check_batching(0, None)
+Traceback (most recent call last):
+...
+sage_nb.errors.BackendError: batch_size must be an int in [1, 65536], got 0; use batch_size=1 to deliver packet by packet
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..communication.local_queue import QueueShutDown
+from ..errors import BackendError, Cancelled
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..communication.router import BaseRouter
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LINGER", "MAX_BATCH_SIZE", "MAX_LINGER", "Flusher",
+           "check_batching"]
+
+DEFAULT_BATCH_SIZE = 256   # packets per connection per put
+DEFAULT_LINGER = 0.005     # seconds a routed packet may wait for its batch
+MAX_BATCH_SIZE = 65_536
+MAX_LINGER = 10.0
+
+
+def check_batching(batch_size: Any, linger: Any) -> tuple[int, float]:
+    """The validated ``(batch_size, linger)``; None means the default."""
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE
+    if type(batch_size) is not int or not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise BackendError(f"batch_size must be an int in [1, {MAX_BATCH_SIZE}], got {batch_size!r}; "
+                           f"use batch_size=1 to deliver packet by packet")
+    if linger is None:
+        linger = DEFAULT_LINGER
+    if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 < linger <= MAX_LINGER:
+        raise BackendError(f"linger must be a number of seconds in (0, {MAX_LINGER}], got {linger!r}; "
+                           f"e.g. linger=0.002 lets a packet wait at most 2 ms for its batch")
+    return batch_size, float(linger)
+
+
+class Flusher:
+    """Ships every buffer that waited ``linger`` seconds: checks twice per ``linger``.
+
+    A buffer is shipped when it was not empty at the previous check and no batch left on its
+    connection since. The flusher never blocks on a full queue (it puts what fits) nor on a
+    router that is shipping: the task does that itself.
+    """
+
+    def __init__(self, routers: list[BaseRouter], linger: float, done: threading.Event,
+                 cancel: threading.Event) -> None:
+        self.routers = routers
+        self.tick = linger / 2
+        self.done, self.cancel = done, cancel
+
+    def run(self) -> None:
+        seen: dict[int, int] = {}
+        conns = [(r, c) for r in self.routers for c in r.connections]
+        while not self.done.wait(self.tick) and not self.cancel.is_set():
+            for r, c in conns:
+                if not c.batch:
+                    continue
+                k = id(c)
+                if seen.get(k) == c.batches_sent:
+                    try:
+                        r._ship(c, block=False)
+                    except (Cancelled, QueueShutDown):  # the job is stopping
+                        return
+                seen[k] = c.batches_sent
