@@ -140,7 +140,8 @@ def _take(q: LocalQueue, max_items: int, budget: int, block: bool, wait: float,
     while it waited must not lose the items that arrive after it left.
     """
     with q.not_empty:
-        q._wait(q.not_empty, q.queue.__len__, block, wait, queue.Empty)  # LocalQueue's wait
+        # a waiter woken for an item that another took waits again: it checks the client too
+        q._wait(q.not_empty, lambda: len(q.queue) or not wanted(), block, wait, queue.Empty)
         if not wanted():
             q.not_empty.notify()  # pass the wake-up on to a waiter that is still there
             raise EOFError("the client left while it waited")
