@@ -278,9 +278,36 @@ class Pipeline:
         from .compiler import compile_graph
         return compile_graph(self.graph, **options)
 
-    def run(self, backend: str = "threads", **options: Any) -> Job:
-        """Compile and start a job (stopping this pipeline's previous job first); see ``sage_nb.run``."""
+    def run(self, backend: str = "threads", *, batch_size: int | None = None,
+            linger: float | None = None, **options: Any) -> Job:
+        """Compile and start a job (stopping this pipeline's previous job first).
+
+        Options: the compile options (``queue_maxsize``, ``job_id``, …, see ``compile``),
+        ``put_timeout`` (seconds a full queue may block a delivery before the job fails),
+        ``paused`` (start paused, e.g. to set breakpoints first), and micro-batching on the
+        threads backend:
+
+        - ``batch_size`` (default 256): packets travel between tasks in batches of up to this
+          many per connection (never more than the receiving queue holds). Routing stays per
+          packet; ``batch_size=1`` delivers packet by packet, as the step backend does.
+        - ``linger`` (default 0.005 s): the longest a routed packet waits for its batch when
+          traffic is light (a receiver waiting for input gets its packets at once).
+
+        >>> p = Pipeline("doc-run")
+        >>> p.from_iterable(range(6)).map(lambda x: x * x).sink(name="out")
+        Stream('out')
+        >>> p.run(batch_size=4, linger=0.001).wait(timeout=10).results("out")
+        [0, 1, 4, 9, 16, 25]
+        >>> p.run(batch_size=0)
+        Traceback (most recent call last):
+        ...
+        sage_nb.errors.BackendError: batch_size must be an int in [1, 65536], got 0; use batch_size=1 to deliver packet by packet
+        """
         from .runtime.manager import JobManager
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        if linger is not None:
+            options["linger"] = linger
         return JobManager.default().run(self.graph, backend=backend, **options)
 
 

@@ -1,0 +1,77 @@
+"""Micro-batching in jobs: options, validation, and light traffic that never waits for a batch."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from _reliability import finished
+
+import sage_nb as snb
+
+
+def test_batch_size_and_linger_are_validated_when_the_job_is_made(no_leak):
+    p = snb.Pipeline("batching-options")
+    p.from_iterable(range(3)).sink(name="out")
+    for bad in (0, -1, 2.5, "64", True, 70_000):
+        with pytest.raises(snb.BackendError, match=r"batch_size must be an int in \[1, 65536\], got"):
+            p.run(batch_size=bad)
+    for bad in (0, -0.1, "1ms", 11.0):
+        with pytest.raises(snb.BackendError, match=r"linger must be a number of seconds in \(0, 10.0\]"):
+            p.run(linger=bad)
+    with pytest.raises(snb.BackendError, match="backend='step' moves packets one by one"):
+        p.run(backend="step", batch_size=8)
+    assert p.run(backend="step", batch_size=1).wait(10).results("out") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("batch_size", [1, 256])
+def test_a_source_that_waits_for_its_own_packets_is_not_held_back(no_leak, batch_size):
+    """Each item waits in the source until the sink saw the previous one: a batch that
+    waited to fill up would never leave."""
+    got = threading.Event()
+    missed = []
+
+    def items():
+        for i in range(20):
+            yield i
+            if not got.wait(10):
+                missed.append(i)
+            got.clear()
+
+    p = snb.Pipeline(f"batching-lonely-{batch_size}")
+    p.from_source(items).map(lambda x: x + 1).sink(lambda x: got.set(), name="out")
+    finished(p.run(batch_size=batch_size, linger=0.05))
+    assert missed == []
+
+
+def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak):
+    """The map blocks in user code on item 3 until the sink has seen items 0-2: the linger
+    flusher ships them meanwhile (they are in the map's buffer, not in a full batch)."""
+    seen: list[int] = []
+    three = threading.Event()
+    waited = []
+
+    def slow(x: int) -> int:
+        if x == 3:
+            waited.append(three.wait(10))
+        return x
+
+    def sink(x: int) -> None:
+        seen.append(x)
+        if len(seen) == 3:
+            three.set()
+
+    p = snb.Pipeline("batching-slow-map")
+    p.from_iterable(range(6)).map(slow).sink(sink, name="out")
+    finished(p.run(batch_size=256, linger=0.002, queue_maxsize=64))
+    assert waited == [True] and seen == list(range(6))
+
+
+def test_counters_are_exact_and_queues_count_packets_with_batching(no_leak):
+    p = snb.Pipeline("batching-counters")
+    p.from_iterable(range(1000)).key_by(lambda x: x % 7).map(abs, parallelism=3).sink(name="out")
+    job = p.run(batch_size=64, queue_maxsize=100)
+    snap = finished(job)
+    assert sorted(job.results("out")) == list(range(1000))
+    assert sum(c.packets_sent for c in snap.connections if c.target_operator == "out") == 1000
+    assert all(t.queue.peak <= 100 for t in snap.tasks if t.queue is not None)

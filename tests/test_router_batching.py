@@ -1,0 +1,161 @@
+"""``BaseRouter`` with ``batch_size > 1``: per-packet routing, deliveries shipped per connection in
+batches, exact counters, stop signals behind the data, honest blocking."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_router import Background, ListTracer, group, payloads
+
+from sage_nb.communication import BaseRouter, Packet, StopSignal
+from sage_nb.errors import Cancelled, DeliveryError
+from sage_nb.testing import wait_for
+
+SENDER = "src[0]"
+
+
+def router(*groups, batch_size: int = 4, **kw) -> BaseRouter:
+    return BaseRouter(SENDER, list(groups), batch_size=batch_size, **kw)
+
+
+def sent(r: BaseRouter) -> list[int]:
+    return [c.packets_sent for c in r.connections]
+
+
+def test_packets_wait_in_the_buffer_until_a_batch_is_full_and_count_once_delivered():
+    g = group(0, "m", "round_robin", 2)
+    r = router(g, batch_size=3)
+    for x in range(4):
+        r.send(Packet(x))
+    assert payloads(g) == [[], []] and sent(r) == [0, 0] and r.buffered() == 4
+    r.send(Packet(4))
+    assert payloads(g) == [[0, 2, 4], []] and sent(r) == [3, 0]
+    assert [c.batches_sent for c in r.connections] == [1, 0]
+    r.flush()
+    assert payloads(g) == [[0, 2, 4], [1, 3]] and sent(r) == [3, 2] and r.buffered() == 0
+
+
+def test_a_batch_never_exceeds_the_receiving_queue():
+    g = group(0, "m", "round_robin", 1, maxsize=2)
+    r = router(g, batch_size=256)
+    assert r.connections[0].batch_limit == 2
+    r.send(Packet("a"))
+    r.send(Packet("b"))
+    assert payloads(g) == [["a", "b"]]
+
+
+def test_the_stop_signal_ships_the_buffer_and_travels_behind_it():
+    g = group(0, "m", "hash", 2, key=lambda x: x)
+    r = router(g, batch_size=100)
+    for x in range(6):
+        r.send(Packet(x))
+    assert r.send_stop_signal() == 2
+    for c in g.connections:
+        items = c.queue.peek(100)
+        assert items[-1] == StopSignal(SENDER, 0)
+        assert all(isinstance(p, Packet) for p in items[:-1])
+    assert sum(sent(r)) == 6 and [c.stops_sent for c in r.connections] == [1, 1]
+
+
+@given(strategies=st.lists(st.sampled_from(["round_robin", "hash", "broadcast"]), min_size=1, max_size=3),
+       n=st.integers(1, 4), batch_size=st.integers(2, 9), count=st.integers(0, 60),
+       keyed=st.lists(st.booleans(), max_size=60))
+def test_routing_and_order_are_those_of_batch_size_1(strategies, n, batch_size, count, keyed):
+    def run(bs: int) -> tuple[list, list, list]:
+        groups = [group(i, f"t{i}", s, n, key=(lambda x: x % 5) if s == "hash" else None)
+                  for i, s in enumerate(strategies)]
+        r, tracer = router(*groups, batch_size=bs), ListTracer()
+        r.tracer = tracer
+        for x in range(count):
+            own = {"partition_key": x % 3} if x < len(keyed) and keyed[x] else {}
+            r.send(Packet(x, **own))
+        r.send_stop_signal()
+        queued = [[(getattr(p, "payload", p), getattr(p, "partition_key", None), getattr(p, "input_index", -1))
+                   for p in c.queue.peek(10**6)] for g in groups for c in g.connections]
+        decisions = [(d.group, d.strategy, d.chosen) for d in tracer.decisions]
+        return queued, decisions, [(c.packets_sent, c.stops_sent) for c in r.connections]
+
+    assert run(batch_size) == run(1)
+
+
+def test_breakpoints_see_each_packet_enter_its_queue_behind_what_was_buffered():
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=10)
+    r.send(Packet("a"))
+    seen = []
+    r.watch = lambda c, p: (lambda: seen.append([q.payload for q in c.queue.peek()]))
+    r.send(Packet("b"))
+    assert seen == [["a", "b"]] and sent(r) == [2]
+
+
+def _full(maxsize: int = 2, **kw) -> tuple[BaseRouter, object]:
+    g = group(0, "m", "round_robin", 1, maxsize=maxsize)
+    c = g.connections[0]
+    c.queue.put("filler")
+    return router(g, batch_size=maxsize, **kw), c
+
+
+def test_a_partly_delivered_batch_counts_what_went_in_and_fails_after_put_timeout():
+    r, c = _full(put_timeout=0.05)
+    with pytest.raises(DeliveryError, match=r"src\[0\] -> m\[0\]: .*put_timeout=0\.05"):
+        r.send(Packet("x"))
+        r.send(Packet("y"))
+    assert [getattr(p, "payload", p) for p in c.queue.peek()] == ["filler", "x"]
+    assert c.packets_sent == 1 and [p.payload for p in c.batch] == ["y"] and not r.blocked
+    assert r.blocked_time >= 0.05
+
+
+def test_a_blocked_batch_is_cancellable_and_completes_in_order_when_room_appears():
+    cancel = threading.Event()
+    r, c = _full(maxsize=2, cancel=cancel)
+    r.send(Packet("x"))
+    call = Background(lambda: r.send(Packet("y")))
+    wait_for(lambda: r.blocked, timeout=5)
+    assert c.queue.get() == "filler"
+    call.join()
+    assert call.error is None and [p.payload for p in c.queue.peek()] == ["x", "y"] and c.packets_sent == 2
+
+    cancel = threading.Event()
+    r, c = _full(maxsize=2, cancel=cancel)
+    r.send(Packet("x"))
+    call = Background(lambda: r.send(Packet("y")))
+    wait_for(lambda: r.blocked, timeout=5)
+    cancel.set()
+    call.join()
+    assert isinstance(call.error, Cancelled) and c.packets_sent == 1
+
+
+def test_a_flush_that_does_not_wait_puts_what_fits_and_keeps_the_rest_in_order():
+    r, c = _full(maxsize=3)
+    c.batch_limit = 10
+    for x in "abc":
+        r.send(Packet(x))
+    assert r._ship(c, block=False)
+    assert [getattr(p, "payload", p) for p in c.queue.peek()] == ["filler", "a", "b"]
+    assert [p.payload for p in c.batch] == ["c"] and c.packets_sent == 2
+    c.queue.get_many(10)
+    r.flush()
+    assert [p.payload for p in c.queue.peek()] == ["c"] and c.packets_sent == 3
+
+
+def test_the_flusher_ships_what_waited_longer_than_linger():
+    from sage_nb.runtime.batching import Flusher
+
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=100)
+    done, cancel = threading.Event(), threading.Event()
+    flusher = threading.Thread(target=Flusher([r], 0.002, done, cancel).run)
+    flusher.start()
+    try:
+        r.send(Packet("lonely"))
+        started = time.monotonic()
+        wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
+        assert time.monotonic() - started < 1.0
+    finally:
+        done.set()
+        flusher.join(5)
+    assert payloads(g) == [["lonely"]]
