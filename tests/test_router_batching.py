@@ -19,7 +19,26 @@ SENDER = "src[0]"
 
 
 def router(*groups, batch_size: int = 4, **kw) -> BaseRouter:
-    return BaseRouter(SENDER, list(groups), batch_size=batch_size, **kw)
+    r = BaseRouter(SENDER, list(groups), batch_size=batch_size, **kw)
+    for c in r.connections:  # as after a first delivery: the router knows the queues (no reader waits)
+        c.receiver = c.queue
+    return r
+
+
+def test_a_reader_waiting_for_input_gets_each_packet_at_once():
+    g = group(0, "m", "round_robin", 1)
+    r = BaseRouter(SENDER, [g], batch_size=100)
+    r.send(Packet("first"))  # the router does not know the queue yet: it ships, and learns it
+    assert payloads(g) == [["first"]]
+    q = g.connections[0].queue
+    q.get_many(10)
+    reader = Background(lambda: q.get_many(10))
+    wait_for(lambda: q.hungry, timeout=5)
+    r.send(Packet("awaited"))
+    reader.join()
+    assert [p.payload for p in reader.result] == ["awaited"]
+    r.send(Packet("buffered"))
+    assert payloads(g) == [[]] and r.buffered() == 1
 
 
 def sent(r: BaseRouter) -> list[int]:

@@ -6,7 +6,16 @@ from typing import Any
 
 from .queue_descriptor import BaseQueueDescriptor
 
-__all__ = ["Connection"]
+__all__ = ["EAGER", "Connection"]
+
+
+class _Eager:
+    """Stands for a receiving queue that cannot say whether its reader waits: ship at once."""
+
+    hungry = True
+
+
+EAGER: Any = _Eager()
 
 
 class Connection:
@@ -39,6 +48,7 @@ class Connection:
         self.batches_sent = 0
         self.batch: list[Any] = []  # routed, not yet shipped (a batching router's buffer)
         self.batch_limit = 1        # ship when the buffer holds this many (set by the router)
+        self.receiver: Any = EAGER  # the queue, once known to say when its reader is hungry
         self._queue: Any = None
 
     @property
@@ -73,6 +83,7 @@ class Connection:
         state = dict(self.__dict__)
         state["_queue"] = None
         state["batch"] = []
+        state["receiver"] = EAGER
         return state
 
     def to_dict(self) -> dict[str, Any]:

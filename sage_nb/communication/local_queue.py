@@ -56,7 +56,9 @@ class LocalQueue(queue.Queue):
         self.total_in = 0
         self.total_out = 0
         self.is_shutdown = False
-        self.getters = 0   # threads blocked in get/get_many: a hint for producers (read unlocked)
+        self.getters = 0   # threads blocked in get/get_many
+        # a reader waits and no put has woken it yet: a hint for batching producers (read unlocked)
+        self.hungry = False
 
     # -- the stdlib hooks, called with the mutex held
     def _put(self, item: Any) -> None:
@@ -88,11 +90,14 @@ class LocalQueue(queue.Queue):
                 remaining = None if end is None else end - monotonic()
                 if remaining is not None and remaining <= 0:
                     raise exc
+                self.hungry = getting or self.hungry
                 cond.wait(remaining)
                 if self.is_shutdown:
                     raise QueueShutDown("queue was shut down: its job is stopping")
         finally:
             self.getters -= getting
+            if getting:
+                self.hungry = False
 
     def _has_room(self) -> bool:
         return self.maxsize <= 0 or len(self.queue) < self.maxsize
@@ -103,6 +108,7 @@ class LocalQueue(queue.Queue):
             self._wait(self.not_full, self._has_room, block, timeout, queue.Full)
             self._put(item)
             self.unfinished_tasks += 1
+            self.hungry = False
             self.not_empty.notify()
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -159,6 +165,7 @@ class LocalQueue(queue.Queue):
             self.unfinished_tasks += k
             if len(q) > self.peak:
                 self.peak = len(q)
+            self.hungry = False
             self.not_empty.notify(k)
             return end
 

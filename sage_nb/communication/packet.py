@@ -25,6 +25,9 @@ __all__ = ["STRATEGIES", "Packet", "StopSignal"]
 STRATEGIES = ("round_robin", "hash", "broadcast")
 _UNSET: Any = object()
 _seq = itertools.count(1)
+_next_seq = _seq.__next__
+_monotonic = time.monotonic
+_new = object.__new__
 
 
 class Packet:
@@ -53,6 +56,14 @@ class Packet:
         self.partition_strategy = partition_strategy
         self.seq = next(_seq) if seq is None else seq
         self.created = time.monotonic() if created is None else created
+
+    @classmethod
+    def fresh(cls, payload: Any) -> Packet:
+        """``Packet(payload)`` for a source's hot loop: unkeyed, input 0, a new trace id, now."""
+        p = _new(cls)
+        p.payload, p.input_index, p.partition_key, p.partition_strategy = payload, 0, None, None
+        p.seq, p.created = _next_seq(), _monotonic()
+        return p
 
     def is_keyed(self) -> bool:
         """True when the packet's own strategy overrides the edge's default."""

@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import Cancelled, DeliveryError, ProtocolError
-from .connection import Connection
+from .connection import EAGER, Connection
 from .local_queue import LocalQueue, QueueShutDown
 from .packet import Packet, StopSignal
 from .partition import partition, stable_hash
 
 __all__ = ["BaseRouter", "BroadcastGroup", "RoutingDecision", "Tracer"]
+
+OWNERS_CACHE = 4096  # keys whose partition a batching router remembers
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class BaseRouter:
         self.ship_lock = threading.Lock()  # one shipper at a time: the task, or the job's flusher
         self._conns = tuple(c for g in self.groups for c in g.connections)
         self._lane = self.groups[0] if self.batching and len(self.groups) == 1 else None
+        self._owners: dict[Any, int] = {}  # key -> instance, for the lane's hash partitioning
         for c in self._conns:
             c.batch = []
             # a batch never exceeds its queue: a small queue keeps the pipeline short
@@ -183,7 +186,7 @@ class BaseRouter:
                 elif batching:
                     buf = c.batch
                     buf.append(out)
-                    if len(buf) >= c.batch_limit:
+                    if len(buf) >= c.batch_limit or c.receiver.hungry:
                         self._ship(c)
                 else:
                     put(c, out)
@@ -197,7 +200,14 @@ class BaseRouter:
         conns = g.connections
         if g.key is not None:
             key = g.key(packet.payload)
-            c = conns[partition(key, len(conns))]
+            t = type(key)
+            if t is int or t is str:  # the common keys: their partition is remembered
+                i = self._owners.get(key)
+                if i is None:
+                    i = self._owner(key, len(conns))
+            else:
+                i = partition(key, len(conns))
+            c = conns[i]
             packet.partition_key, packet.partition_strategy = key, "hash"
             before = None
         elif g.strategy == "round_robin":
@@ -215,9 +225,16 @@ class BaseRouter:
         packet.input_index = c.target_input_index
         buf = c.batch
         buf.append(packet)
-        if len(buf) >= c.batch_limit:
+        if len(buf) >= c.batch_limit or c.receiver.hungry:  # a waiting reader gains nothing by waiting
             self._ship(c)
         return 1
+
+    def _owner(self, key: Any, n: int) -> int:
+        owners = self._owners
+        if len(owners) >= OWNERS_CACHE:
+            owners.clear()
+        i = owners[key] = partition(key, n)
+        return i
 
     def _send_all(self, g: BroadcastGroup, packet: Packet) -> int:
         payload, seq, created = packet.payload, packet.seq, packet.created
@@ -229,7 +246,7 @@ class BaseRouter:
             out.partition_strategy = "broadcast"
             buf = c.batch
             buf.append(out)
-            if len(buf) >= c.batch_limit:
+            if len(buf) >= c.batch_limit or c.receiver.hungry:
                 self._ship(c)
         return len(g.connections)
 
@@ -276,7 +293,7 @@ class BaseRouter:
     def flush_waiting(self) -> None:
         """Ship the batches whose receiver is waiting for input (it gains nothing by waiting longer)."""
         for c in self._conns:
-            if c.batch and getattr(c._queue, "getters", 1):  # not opened yet: ship, which opens it
+            if c.batch and c.receiver.hungry:
                 self._ship(c)
 
     def _ship(self, conn: Connection, block: bool = True) -> bool:
@@ -289,6 +306,9 @@ class BaseRouter:
         if not lock.acquire(block):
             return False
         try:
+            if conn.receiver is EAGER:
+                q = conn.queue
+                conn.receiver = q if _fast_queue(q) else EAGER
             buf = conn.batch
             items = buf[:]
             done = [0]

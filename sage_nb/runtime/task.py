@@ -266,8 +266,7 @@ class BaseTask:
     def _run_source(self, fn: Any) -> None:
         control, router = self.control, self.router
         send = router.send
-        # a receiver waiting for input gets what is buffered at once (light traffic)
-        nudge = router.flush_waiting if router.batching else None
+        fresh = Packet.fresh
         self.state = "busy"
         for item in self._source_items(fn):
             if control.stopping:
@@ -277,10 +276,8 @@ class BaseTask:
             if control.paused:
                 self._wait_paused()
             self.current = item
-            send(Packet(item))
+            send(fresh(item))
             self.packets_in += 1
-            if nudge is not None:
-                nudge()
         self.current = None
 
     # ------------------------------------------------------------------ operators
