@@ -17,6 +17,10 @@ def inc(x: int) -> int:
     return x + 1
 
 
+def identity(x):
+    return x
+
+
 def fused(n: int) -> float:
     """generator source -> map function -> sink function, no queues: the ceiling."""
     out = []

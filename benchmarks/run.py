@@ -1,11 +1,14 @@
 """``make bench``: sage_nb on threads against the raw CPython references, in one process and run.
 
 Prints one JSON line per measurement and a summary table with ratios:
-- raw 3-stage ``queue.Queue(maxsize=10000)`` thread pipeline and the fused loop;
-- sage_nb source -> map -> sink on threads (p = 1), and map p = 4 with hash;
-- memory over a 1,000,000-packet run (RSS sampled while it runs: flat means bounded).
+- the raw references: 3-stage ``queue.Queue(maxsize=10000)`` thread pipeline, the fused loop,
+  and the latency of one packet through two thread hops;
+- sage_nb source -> map -> sink on threads with ``batch_size=1`` (packet by packet) and with
+  the default settings (micro-batching), map p = 4 with hash, under the Inspector;
+- light-traffic latency (one packet in flight) through source -> map -> sink;
+- memory over a 10,000,000-packet run (RSS sampled while it runs: flat means bounded).
 
-Usage: python benchmarks/run.py [--n 200000] [--reps 5] [--memory-n 1000000]
+Usage: python benchmarks/run.py [--n 200000] [--reps 5] [--memory-n 10000000]
 """
 
 from __future__ import annotations
@@ -54,13 +57,39 @@ def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool
     return dt
 
 
+def sage_latency(n: int = 2000, **run_options) -> list[float]:
+    """One packet in flight: the source yields an item stamped now, then waits until the sink got it."""
+    got = threading.Event()
+    out: list[float] = []
+
+    def items():
+        for _ in range(n):
+            yield time.perf_counter()
+            got.wait(10)
+            got.clear()
+
+    def sink(stamp: float) -> None:
+        out.append(time.perf_counter() - stamp)
+        got.set()
+
+    p = snb.Pipeline("bench-latency")
+    p.from_source(items, name="src").map(references.identity, name="map").sink(sink, name="sink")
+    p.run(**run_options).wait(timeout=600)
+    assert len(out) == n, (len(out), n)
+    return out
+
+
+def p50_us(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e6
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def memory_run(n: int) -> dict[str, float]:
-    """RSS while 1,000,000 packets flow: at 10 % of the run and at the end."""
+    """RSS while ``n`` packets flow (default settings): at 10 % of the run and at the peak."""
     sink, box = _count_sink()
     p = snb.Pipeline("bench-memory")
     p.from_iterable(range(n)).map(references.inc).sink(sink, name="sink")
@@ -89,32 +118,43 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--memory-n", type=int, default=1_000_000)
+    ap.add_argument("--memory-n", type=int, default=10_000_000)
     args = ap.parse_args(argv)
     n, reps = args.n, args.reps
     base = threading.active_count()
     raw = measure("raw 3-stage queue.Queue(10000) threads", references.pipeline3, n, reps)
     fused = measure("raw fused loop", references.fused, n, reps)
-    p1 = measure("sage_nb threads p=1", sage_pipeline, n, reps)
-    p4 = measure("sage_nb threads map p=4 hash", lambda k: sage_pipeline(k, 4, key=True), n, reps)
-    watched = measure("sage_nb threads p=1 under the Inspector", lambda k: sage_pipeline(k, inspect=True),
+    b1 = measure("sage_nb threads batch_size=1", lambda k: sage_pipeline(k, batch_size=1), n, reps)
+    p1 = measure("sage_nb threads default", sage_pipeline, n, reps)
+    p4 = measure("sage_nb threads default map p=4 hash", lambda k: sage_pipeline(k, 4, key=True), n, reps)
+    watched = measure("sage_nb threads default under the Inspector", lambda k: sage_pipeline(k, inspect=True),
                       n, reps)
+    lat_raw = p50_us(references.latency_two_hops())
+    lat_b1 = p50_us(sage_latency(batch_size=1))
+    lat = p50_us(sage_latency())
+    for name, v in (("raw two hops", lat_raw), ("sage_nb batch_size=1", lat_b1), ("sage_nb default", lat)):
+        print(json.dumps({"config": f"latency p50 {name}", "us": round(v, 1)}), flush=True)
     mem = memory_run(args.memory_n)
     print(json.dumps({"config": "memory", "n": args.memory_n, **{k: round(v, 1) for k, v in mem.items()}}))
     assert threading.active_count() == base, "threads left behind"
     rows = [
-        ("raw 3-stage queue.Queue(10000) threads", raw, "1.00x raw"),
-        ("raw fused loop", fused, f"{fused / raw:.2f}x raw"),
-        ("sage_nb threads p=1", p1, f"{p1 / raw:.2f}x raw (target >= 0.5x)"),
-        ("sage_nb threads map p=4 hash", p4, f"{p4 / p1:.2f}x own p=1 (target >= 0.7x)"),
-        ("sage_nb threads p=1 under the Inspector", watched,
+        ("raw 3-stage queue.Queue(10000) threads", f"{raw:12,.0f}", "1.00x raw"),
+        ("raw fused loop", f"{fused:12,.0f}", f"{fused / raw:.2f}x raw"),
+        ("sage_nb threads batch_size=1", f"{b1:12,.0f}", f"{b1 / raw:.2f}x raw (target >= 1.0x)"),
+        ("sage_nb threads default", f"{p1:12,.0f}",
+         f"{p1 / fused:.3f}x fused (target >= 0.5x); {p1 / raw:.2f}x raw"),
+        ("sage_nb threads default map p=4 hash", f"{p4:12,.0f}", f"{p4 / p1:.2f}x own p=1 (target >= 0.8x)"),
+        ("sage_nb threads default under the Inspector", f"{watched:12,.0f}",
          f"{watched / p1:.2f}x own p=1 (target >= 0.95x)"),
+        ("latency p50, raw two thread hops", f"{lat_raw:9,.1f} us", "1.00x raw"),
+        ("latency p50, sage_nb batch_size=1", f"{lat_b1:9,.1f} us", f"{lat_b1 / lat_raw:.2f}x raw"),
+        ("latency p50, sage_nb default", f"{lat:9,.1f} us", f"{lat / lat_raw:.2f}x raw (target <= 3x)"),
     ]
     print()
-    print(f"| {'case':40} | {'packets/s':>12} | ratio |")
-    print(f"|{'-' * 42}|{'-' * 14}|-------|")
-    for name, rate, ratio in rows:
-        print(f"| {name:40} | {rate:12,.0f} | {ratio} |")
+    print(f"| {'case':44} | {'packets/s or p50':>16} | ratio |")
+    print(f"|{'-' * 46}|{'-' * 18}|-------|")
+    for name, value, ratio in rows:
+        print(f"| {name:44} | {value:>16} | {ratio} |")
     print(f"\nmemory over {args.memory_n:,} packets: RSS {mem['rss_mb_at_10pct']:.0f} MB at 10 %, "
           f"peak {mem['rss_mb_peak']:.0f} MB (growth {mem['growth_mb']:.1f} MB)")
     return 0

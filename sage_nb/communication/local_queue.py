@@ -105,11 +105,13 @@ class LocalQueue(queue.Queue):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item``, waiting for room like ``queue.Queue.put``; QueueShutDown after shutdown()."""
         with self.not_full:
-            self._wait(self.not_full, self._has_room, block, timeout, queue.Full)
+            if self.is_shutdown or 0 < self.maxsize <= len(self.queue):
+                self._wait(self.not_full, self._has_room, block, timeout, queue.Full)
             self._put(item)
             self.unfinished_tasks += 1
             self.hungry = False
-            self.not_empty.notify()
+            if self.getters:  # nobody waits: no wake-up to send
+                self.not_empty.notify()
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item, like ``queue.Queue.get``."""
@@ -166,7 +168,8 @@ class LocalQueue(queue.Queue):
             if len(q) > self.peak:
                 self.peak = len(q)
             self.hungry = False
-            self.not_empty.notify(k)
+            if self.getters:
+                self.not_empty.notify(k)
             return end
 
     def wait_room(self, block: bool = True, timeout: float | None = None) -> None:

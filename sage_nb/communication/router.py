@@ -121,7 +121,9 @@ class BaseRouter:
         self.batching = batch_size > 1 and type(self)._put is BaseRouter._put
         self.ship_lock = threading.Lock()  # one shipper at a time: the task, or the job's flusher
         self._conns = tuple(c for g in self.groups for c in g.connections)
-        self._lane = self.groups[0] if self.batching and len(self.groups) == 1 else None
+        # the lean path of send(): one group, and no subclass delivering in its own way
+        own = type(self)._put is BaseRouter._put
+        self._lane = self.groups[0] if own and len(self.groups) == 1 else None
         self._owners: dict[Any, int] = {}  # key -> instance, for the lane's hash partitioning
         for c in self._conns:
             c.batch = []
@@ -145,6 +147,10 @@ class BaseRouter:
         g = self._lane
         if g is not None and self.watch is None and (g.key is not None or packet.partition_strategy is None):
             return self._send_lane(g, packet)
+        return self._send_each(packet)
+
+    def _send_each(self, packet: Packet) -> int:
+        """``send`` in general: every group, a breakpoint hook, ``_put`` per delivery."""
         payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
         seq, created = packet.seq, packet.created
         single = len(self.groups) == 1
@@ -216,13 +222,19 @@ class BaseRouter:
             rr[0] = 0 if before + 1 == len(conns) else before + 1
             c = conns[before]
             packet.partition_key = key = None
-        else:  # broadcast: a copy for each
+        elif self.batching:  # broadcast: a copy for each
             return self._send_all(g, packet)
+        else:
+            return self._send_each(packet)
         tr = self.tracer
         if tr is not None and tr.sample():
             self._trace(tr, packet.seq, g, g.strategy if g.key is None else "hash", key, (c,),
                         before, packet.payload)
         packet.input_index = c.target_input_index
+        if not self.batching:  # batch_size=1: one put per packet
+            self._put(c, packet)
+            c.packets_sent += 1
+            return 1
         buf = c.batch
         buf.append(packet)
         if len(buf) >= c.batch_limit or c.receiver.hungry:  # a waiting reader gains nothing by waiting
