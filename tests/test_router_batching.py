@@ -101,6 +101,30 @@ def test_routing_and_order_are_those_of_batch_size_1(strategies, n, batch_size, 
     assert run(batch_size) == run(1)
 
 
+@given(strategy=st.sampled_from(["round_robin", "hash", "broadcast"]), n=st.integers(1, 4),
+       batch_size=st.integers(2, 9), sizes=st.lists(st.integers(0, 70), max_size=6))
+def test_send_many_routes_and_orders_as_send_does_one_by_one(strategy, n, batch_size, sizes):
+    def run(bs: int, many: bool) -> tuple[list, list]:
+        g = group(0, "t", strategy, n, key=(lambda x: x % 5) if strategy == "hash" else None)
+        r = router(g, batch_size=bs)
+        r.tracer = ListTracer()
+        x = 0
+        for size in sizes:
+            chunk = [Packet(x + i) for i in range(size)]
+            x += size
+            if many:
+                assert r.send_many(chunk) == size * (n if strategy == "broadcast" else 1)
+            else:
+                for p in chunk:
+                    r.send(p)
+        r.send_stop_signal()
+        queued = [[(getattr(p, "payload", p), getattr(p, "partition_key", None),
+                    getattr(p, "partition_strategy", None)) for p in c.queue.peek(10**6)] for c in g.connections]
+        return queued, [(c.packets_sent, c.stops_sent) for c in r.connections]
+
+    assert run(batch_size, True) == run(1, False)
+
+
 def test_breakpoints_see_each_packet_enter_its_queue_behind_what_was_buffered():
     g = group(0, "m", "round_robin", 1)
     r = router(g, batch_size=10)

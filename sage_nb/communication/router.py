@@ -149,6 +149,103 @@ class BaseRouter:
             return self._send_lane(g, packet)
         return self._send_each(packet)
 
+    def routes_in_bulk(self) -> bool:
+        """Whether :meth:`send_many` moves unkeyed packets without a call per packet."""
+        g = self._lane
+        return g is not None and self.batching and g.strategy != "broadcast"
+
+    def bulk_lane(self) -> Connection | None:
+        """The connection every packet takes when this router batches and has a single
+        round-robin group of one instance (a task may append to its buffer directly)."""
+        g = self._lane
+        if g is None or not self.batching or g.key is not None or g.strategy != "round_robin" or \
+                len(g.connections) != 1:
+            return None
+        return g.connections[0]
+
+    def note_bulk(self, conn: Connection, packet: Any, n: int) -> None:
+        """Offer the trace one routing decision for ``n`` packets appended to ``conn`` in bulk
+        (the others count as skipped)."""
+        tr = self.tracer
+        if tr is None:
+            return
+        if packet.__class__ is Packet and tr.sample():
+            self._trace(tr, packet.seq, self.groups[0], "round_robin", None, (conn,), 0, packet.payload)
+            n -= 1
+        _skip(tr, n)
+
+    def send_many(self, packets: list[Packet]) -> int:
+        """``send`` each packet of ``packets`` in order (same routing, same counters); returns the
+        deliveries. Unkeyed packets through one round-robin or hash group move without a call
+        per packet; the trace is offered the batch's first decision, the others count as skipped."""
+        g = self._lane
+        if g is None or not self.batching or self.watch is not None or self.closed or \
+                g.strategy == "broadcast" or any(p.partition_strategy is not None for p in packets):
+            send = self.send
+            return sum(send(p) for p in packets)
+        n = len(packets)
+        if not n:
+            return 0
+        tr = self.tracer
+        if tr is not None and tr.sample():
+            self._send_lane(g, packets[0])  # routed and traced as one packet
+            packets = packets[1:]
+            if not packets:
+                return 1
+            _skip(tr, len(packets))
+        else:
+            if tr is not None:
+                _skip(tr, len(packets) - 1)
+            self.tracer = None  # this batch's decisions are not traced
+        try:
+            if g.key is not None:
+                self._hash_many(g, packets)
+            else:
+                self._round_robin_many(g, packets)
+        finally:
+            self.tracer = tr
+        return n
+
+    def _hash_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
+        conns, keyfn, owners, size, ship = g.connections, g.key, self._owners, len(g.connections), self._ship
+        for p in packets:
+            key = keyfn(p.payload)
+            t = type(key)
+            if t is int or t is str:
+                i = owners.get(key)
+                if i is None:
+                    i = self._owner(key, size)
+            else:
+                i = partition(key, size)
+            c = conns[i]
+            p.partition_key, p.partition_strategy, p.input_index = key, "hash", c.target_input_index
+            buf = c.batch
+            buf.append(p)
+            if len(buf) >= c.batch_limit:
+                ship(c)
+        self.flush_waiting()
+
+    def _round_robin_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
+        conns = g.connections
+        if len(conns) > 1:
+            send = self._send_lane
+            for p in packets:
+                send(g, p)
+            return
+        c = conns[0]
+        ti = c.target_input_index
+        for p in packets:
+            p.input_index, p.partition_key = ti, None
+        buf, limit, i, n = c.batch, c.batch_limit, 0, len(packets)
+        while i < n:
+            j = min(n, i + max(1, limit - len(buf)))
+            buf.extend(packets[i:j] if i or j < n else packets)
+            i = j
+            if len(buf) >= limit:
+                self._ship(c)
+        if buf and c.receiver.hungry:
+            self._ship(c)
+
     def _send_each(self, packet: Packet) -> int:
         """``send`` in general: every group, a breakpoint hook, ``_put`` per delivery."""
         payload, okey, ostrategy = packet.payload, packet.partition_key, packet.partition_strategy
@@ -461,3 +558,9 @@ def _capacity(conn: Connection) -> int:
         return int(conn.queue_descriptor.metadata.get("maxsize") or 0)
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+def _skip(tracer: Any, n: int) -> None:
+    """Count ``n`` decisions the tracer was not offered as skipped (a Trace counts them)."""
+    if n and hasattr(tracer, "skipped"):
+        tracer.skipped += n

@@ -41,6 +41,8 @@ class _EndOfStream:
 END: Any = _EndOfStream()
 KEY_CAP = 1000      # distinct keys counted per instance for the key distribution
 BATCH_MAX = 256     # packets taken from the input queue in one call
+SOURCE_CHUNK = 64   # items of an in-memory sequence a batching source routes at once
+_IN_MEMORY = (type(iter([])), type(iter(())), type(iter(range(0))), type(iter("")))
 
 
 class Owner(Protocol):
@@ -147,6 +149,7 @@ class BaseTask:
         self.current: Any = None   # the packet being processed when user code raised
         self.error: BaseException | None = None
         self._closers: list[Callable[[], Any]] = []
+        self._bulk: Any = None   # the connection a map/filter appends its outputs to, if it can
 
     # ------------------------------------------------------------------ life cycle
     def run(self) -> None:
@@ -268,7 +271,11 @@ class BaseTask:
         send = router.send
         fresh = Packet.fresh
         self.state = "busy"
-        for item in self._source_items(fn):
+        items = self._source_items(fn)
+        if router.routes_in_bulk() and type(items) in _IN_MEMORY:
+            self._run_chunks(items)  # items already in memory: no user code runs between them
+            return
+        for item in items:
             if control.stopping:
                 if control.cancel.is_set():
                     raise Cancelled(f"{self.ctx.name}: job stopping")
@@ -280,10 +287,34 @@ class BaseTask:
             self.packets_in += 1
         self.current = None
 
+    def _run_chunks(self, items: Iterator[Any]) -> None:
+        """Route an in-memory sequence a chunk at a time (item by item under breakpoints)."""
+        control, router, fresh = self.control, self.router, Packet.fresh
+        while True:
+            if control.paused:  # first: breakpoints may be set meanwhile
+                self._wait_paused()
+            if control.stopping:
+                if control.cancel.is_set():
+                    raise Cancelled(f"{self.ctx.name}: job stopping")
+                break
+            chunk = list(islice(items, 1 if router.watch is not None else SOURCE_CHUNK))
+            if not chunk:
+                break
+            self.current = chunk[-1]
+            router.send_many([fresh(x) for x in chunk])
+            self.packets_in += len(chunk)
+        self.current = None
+
     # ------------------------------------------------------------------ operators
     def _make_process(self, fn: Any) -> Callable[[Packet], None]:
         kind, send = self.ctx.kind, self.router.send
-        if kind == "sink":
+        bulk = self._bulk_process(kind, fn)
+        if bulk is not None:
+            process = bulk
+            kind = "bulk"
+        if kind == "bulk":
+            pass
+        elif kind == "sink":
             if fn is None:
                 append = self.results.append  # type: ignore[union-attr]
 
@@ -328,13 +359,44 @@ class BaseTask:
             inner(p)
         return keyed
 
+    def _bulk_process(self, kind: str, fn: Any) -> Callable[[Packet], None] | None:
+        """For a map or filter whose router sends everything on one round-robin connection:
+        route by appending to that connection's buffer (the flusher can ship it), no call."""
+        router = self.router
+        c = router.bulk_lane() if kind in ("map", "filter") else None
+        if c is None:
+            return None
+        self._bulk = c
+        send, ship, buf, limit, ti = router.send, router._ship, c.batch, c.batch_limit, c.target_input_index
+
+        def append(p: Packet) -> None:
+            if router.watch is not None:  # breakpoints: every packet through send()
+                send(p)
+                return
+            p.partition_key, p.input_index = None, ti
+            buf.append(p)
+            if len(buf) >= limit:
+                ship(c)
+
+        if kind == "map":
+            def process(p: Packet) -> None:
+                p.payload = fn(p.payload)
+                p.partition_strategy = None
+                append(p)
+        else:
+            def process(p: Packet) -> None:
+                if fn(p.payload):
+                    p.partition_strategy = None
+                    append(p)
+        return process
+
     def _run_input(self, process: Callable[[Packet], None]) -> None:
         ctx, control, router = self.ctx, self.control, self.router
         q = ctx.input_qd.queue_instance  # type: ignore[union-attr]
         expected, seen = self._expected, self._seen
         perf = time.perf_counter
         get_many = q.get_many
-        batching = router.batching
+        batching, bulk = router.batching, self._bulk
         while expected:
             self.state = "draining" if seen else "idle"
             if batching:  # ship before waiting for input; a waiting receiver gets its batch now
@@ -370,6 +432,8 @@ class BaseTask:
             finally:
                 self.packets_in += n
                 self.busy_time += perf() - start - (router.blocked_time - blocked)
+                if bulk is not None and n:
+                    router.note_bulk(bulk, msg, n)
             self.last = [m.payload for m in batch[-5:] if m.__class__ is not StopSignal] or self.last
         if q.qsize():
             raise ProtocolError(f"{ctx.name}: {q.qsize()} packet(s) arrived after the end of stream "
