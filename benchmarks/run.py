@@ -3,6 +3,8 @@
 Prints one JSON line per measurement and a summary table with ratios:
 - raw 3-stage ``queue.Queue(maxsize=10000)`` thread pipeline and the fused loop;
 - sage_nb source -> map -> sink on threads (p = 1), and map p = 4 with hash;
+- p = 1 under the live Inspector (rate 10), taking turns with the plain p = 1 runs, and
+  the CPU its updater thread spent per update;
 - memory over a 1,000,000-packet run (RSS sampled while it runs: flat means bounded).
 
 Usage: python benchmarks/run.py [--n 200000] [--reps 5] [--memory-n 1000000]
@@ -17,11 +19,13 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 import references
 
 import sage_nb as snb
+from sage_nb.inspector import Inspector  # loaded for every case, as in a notebook
 
 
 def _count_sink():
@@ -33,7 +37,9 @@ def _count_sink():
 
 
 def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool = False,
-                  **run_options) -> float:
+                  costs: list[tuple[int, float, float, float]] | None = None, **run_options) -> float:
+    """Seconds to run n packets; with ``inspect``, ``costs`` gets (updates, updater CPU s,
+    CPU s to create the Inspector, run s) for each run."""
     p = snb.Pipeline(f"bench-p{parallelism}{'-hash' if key else ''}")
     src = p.from_iterable(range(n), name="src")
     if key:
@@ -44,12 +50,15 @@ def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool
     job = p.run(**run_options)
     inspector = None
     if inspect:  # the live widget at its highest update rate, as in a notebook
-        from sage_nb.inspector import Inspector
+        start = time.thread_time()
         inspector = Inspector(job, rate=10)
+        created = time.thread_time() - start
     job.wait(timeout=600)
     dt = time.perf_counter() - t0
     if inspector is not None:
         inspector.close()
+        if costs is not None:
+            costs.append((*inspector.updater_cost, created, dt))
     assert box[0] == n, (box[0], n)
     return dt
 
@@ -75,14 +84,26 @@ def memory_run(n: int) -> dict[str, float]:
             "growth_mb": max(mb for _, mb in samples) - early}
 
 
-def measure(name: str, fn, n: int, reps: int) -> float:
-    rates = []
+def measure(cases: dict[str, Callable[[int], float]], n: int, reps: int) -> list[float]:
+    """Median packets/s of each case; several cases take turns, so that a busy machine's
+    drift hits them alike."""
+    rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
-        rates.append(n / fn(n))
-    med = statistics.median(rates)
-    print(json.dumps({"config": name, "n": n, "pps_median": round(med), "pps": [round(r) for r in rates]}),
-          flush=True)
-    return med
+        for name, fn in cases.items():
+            rates[name].append(n / fn(n))
+    medians = []
+    for name, rs in rates.items():
+        medians.append(statistics.median(rs))
+        print(json.dumps({"config": name, "n": n, "pps_median": round(medians[-1]), "pps": [round(r) for r in rs]}),
+              flush=True)
+    return medians
+
+
+def updater_cost(costs: list[tuple[int, float, float, float]]) -> dict[str, float]:
+    """The Inspector's own CPU: per update, its share of the runs, and creating it."""
+    updates, cpu, created, secs = (sum(c[i] for c in costs) for i in range(4))
+    return {"updates_per_s": updates / secs, "cpu_ms_per_update": 1e3 * cpu / max(1, updates),
+            "cpu_share_pct": 100 * (cpu + created) / secs, "create_ms": 1e3 * created / len(costs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n, reps = args.n, args.reps
     base = threading.active_count()
-    raw = measure("raw 3-stage queue.Queue(10000) threads", references.pipeline3, n, reps)
-    fused = measure("raw fused loop", references.fused, n, reps)
-    p1 = measure("sage_nb threads p=1", sage_pipeline, n, reps)
-    p4 = measure("sage_nb threads map p=4 hash", lambda k: sage_pipeline(k, 4, key=True), n, reps)
-    watched = measure("sage_nb threads p=1 under the Inspector", lambda k: sage_pipeline(k, inspect=True),
-                      n, reps)
+    [raw] = measure({"raw 3-stage queue.Queue(10000) threads": references.pipeline3}, n, reps)
+    [fused] = measure({"raw fused loop": references.fused}, n, reps)
+    [p4] = measure({"sage_nb threads map p=4 hash": lambda k: sage_pipeline(k, 4, key=True)}, n, reps)
+    costs: list[tuple[int, float, float, float]] = []
+    p1, watched = measure({"sage_nb threads p=1": sage_pipeline,
+                           "sage_nb threads p=1 under the Inspector":
+                           lambda k: sage_pipeline(k, inspect=True, costs=costs)}, n, reps)
+    cost = updater_cost(costs)
+    print(json.dumps({"config": "Inspector updater", **{k: round(v, 3) for k, v in cost.items()}}))
     mem = memory_run(args.memory_n)
     print(json.dumps({"config": "memory", "n": args.memory_n, **{k: round(v, 1) for k, v in mem.items()}}))
     assert threading.active_count() == base, "threads left behind"
@@ -115,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * 42}|{'-' * 14}|-------|")
     for name, rate, ratio in rows:
         print(f"| {name:40} | {rate:12,.0f} | {ratio} |")
-    print(f"\nmemory over {args.memory_n:,} packets: RSS {mem['rss_mb_at_10pct']:.0f} MB at 10 %, "
+    print(f"\nInspector updater: {cost['updates_per_s']:.1f} updates/s at {cost['cpu_ms_per_update']:.2f} ms CPU "
+          f"each; with creating it ({cost['create_ms']:.1f} ms), {cost['cpu_share_pct']:.1f} % of the job's time")
+    print(f"memory over {args.memory_n:,} packets: RSS {mem['rss_mb_at_10pct']:.0f} MB at 10 %, "
           f"peak {mem['rss_mb_peak']:.0f} MB (growth {mem['growth_mb']:.1f} MB)")
     return 0
 
