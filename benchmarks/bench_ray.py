@@ -126,11 +126,10 @@ def main() -> None:
     ap.add_argument("--latency", type=int, default=100, help="packets for the latency run")
     args = ap.parse_args()
 
-    import ray
+    from sage_nb.communication.ray_manager import ensure_ray
 
     began = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             object_store_memory=100 * 1024 * 1024)
+    ray = ensure_ray(num_cpus=os.cpu_count(), object_store_memory=100 * 1024 * 1024)  # as backend="ray" does
     figures = {"ray": ray.__version__, "cpus": os.cpu_count(), "ray_init_s": round(time.perf_counter() - began, 2)}
     put_rate = queue_put_rate(ray, args.puts)
     rtt = actor_rtt(ray, 300)
