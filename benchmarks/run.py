@@ -4,9 +4,12 @@ Prints one JSON line per measurement and a summary table with ratios:
 - the raw references: 3-stage ``queue.Queue(maxsize=10000)`` thread pipeline, the fused loop,
   and the latency of one packet through two thread hops;
 - sage_nb source -> map -> sink on threads with ``batch_size=1`` (packet by packet) and with
-  the default settings (micro-batching), map p = 4 with hash, under the Inspector;
+  the default settings (micro-batching), and map p = 4 with hash;
+- p = 1 (default settings) under the live Inspector (rate 10), and the CPU its updater thread
+  spent per update;
 - light-traffic latency (one packet in flight) through source -> map -> sink;
 - memory over a 10,000,000-packet run (RSS sampled while it runs: flat means bounded).
+The throughput cases take turns within each repetition, so a busy machine's drift hits them alike.
 
 Usage: python benchmarks/run.py [--n 200000] [--reps 5] [--memory-n 10000000]
 """
@@ -20,11 +23,13 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
 import references
 
 import sage_nb as snb
+from sage_nb.inspector import Inspector  # loaded for every case, as in a notebook
 
 
 def _count_sink():
@@ -36,7 +41,9 @@ def _count_sink():
 
 
 def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool = False,
-                  **run_options) -> float:
+                  costs: list[tuple[int, float, float, float]] | None = None, **run_options) -> float:
+    """Seconds to run n packets; with ``inspect``, ``costs`` gets (updates, updater CPU s,
+    CPU s to create the Inspector, run s) for each run."""
     p = snb.Pipeline(f"bench-p{parallelism}{'-hash' if key else ''}")
     src = p.from_iterable(range(n), name="src")
     if key:
@@ -47,12 +54,15 @@ def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool
     job = p.run(**run_options)
     inspector = None
     if inspect:  # the live widget at its highest update rate, as in a notebook
-        from sage_nb.inspector import Inspector
+        start = time.thread_time()
         inspector = Inspector(job, rate=10)
+        created = time.thread_time() - start
     job.wait(timeout=600)
     dt = time.perf_counter() - t0
     if inspector is not None:
         inspector.close()
+        if costs is not None:
+            costs.append((*inspector.updater_cost, created, dt))
     assert box[0] == n, (box[0], n)
     return dt
 
@@ -104,14 +114,26 @@ def memory_run(n: int) -> dict[str, float]:
             "growth_mb": max(mb for _, mb in samples) - early}
 
 
-def measure(name: str, fn, n: int, reps: int) -> float:
-    rates = []
+def measure(cases: dict[str, Callable[[int], float]], n: int, reps: int) -> list[float]:
+    """Median packets/s of each case; several cases take turns, so that a busy machine's
+    drift hits them alike."""
+    rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
-        rates.append(n / fn(n))
-    med = statistics.median(rates)
-    print(json.dumps({"config": name, "n": n, "pps_median": round(med), "pps": [round(r) for r in rates]}),
-          flush=True)
-    return med
+        for name, fn in cases.items():
+            rates[name].append(n / fn(n))
+    medians = []
+    for name, rs in rates.items():
+        medians.append(statistics.median(rs))
+        print(json.dumps({"config": name, "n": n, "pps_median": round(medians[-1]), "pps": [round(r) for r in rs]}),
+              flush=True)
+    return medians
+
+
+def updater_cost(costs: list[tuple[int, float, float, float]]) -> dict[str, float]:
+    """The Inspector's own CPU: per update, its share of the runs, and creating it."""
+    updates, cpu, created, secs = (sum(c[i] for c in costs) for i in range(4))
+    return {"updates_per_s": updates / secs, "cpu_ms_per_update": 1e3 * cpu / max(1, updates),
+            "cpu_share_pct": 100 * (cpu + created) / secs, "create_ms": 1e3 * created / len(costs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,18 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n, reps = args.n, args.reps
     base = threading.active_count()
-    raw = measure("raw 3-stage queue.Queue(10000) threads", references.pipeline3, n, reps)
-    fused = measure("raw fused loop", references.fused, n, reps)
-    b1 = measure("sage_nb threads batch_size=1", lambda k: sage_pipeline(k, batch_size=1), n, reps)
-    p1 = measure("sage_nb threads default", sage_pipeline, n, reps)
-    p4 = measure("sage_nb threads default map p=4 hash", lambda k: sage_pipeline(k, 4, key=True), n, reps)
-    watched = measure("sage_nb threads default under the Inspector", lambda k: sage_pipeline(k, inspect=True),
-                      n, reps)
+    costs: list[tuple[int, float, float, float]] = []
+    raw, fused, b1, p1, p4, watched = measure({
+        "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
+        "raw fused loop": references.fused,
+        "sage_nb threads batch_size=1": lambda k: sage_pipeline(k, batch_size=1),
+        "sage_nb threads default": sage_pipeline,
+        "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
+        "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
+    }, n, reps)
     lat_raw = p50_us(references.latency_two_hops())
     lat_b1 = p50_us(sage_latency(batch_size=1))
     lat = p50_us(sage_latency())
     for name, v in (("raw two hops", lat_raw), ("sage_nb batch_size=1", lat_b1), ("sage_nb default", lat)):
         print(json.dumps({"config": f"latency p50 {name}", "us": round(v, 1)}), flush=True)
+    cost = updater_cost(costs)
+    print(json.dumps({"config": "Inspector updater", **{k: round(v, 3) for k, v in cost.items()}}))
     mem = memory_run(args.memory_n)
     print(json.dumps({"config": "memory", "n": args.memory_n, **{k: round(v, 1) for k, v in mem.items()}}))
     assert threading.active_count() == base, "threads left behind"
@@ -155,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"|{'-' * 46}|{'-' * 18}|-------|")
     for name, value, ratio in rows:
         print(f"| {name:44} | {value:>16} | {ratio} |")
-    print(f"\nmemory over {args.memory_n:,} packets: RSS {mem['rss_mb_at_10pct']:.0f} MB at 10 %, "
+    print(f"\nInspector updater: {cost['updates_per_s']:.1f} updates/s at {cost['cpu_ms_per_update']:.2f} ms CPU "
+          f"each; with creating it ({cost['create_ms']:.1f} ms), {cost['cpu_share_pct']:.1f} % of the job's time")
+    print(f"memory over {args.memory_n:,} packets: RSS {mem['rss_mb_at_10pct']:.0f} MB at 10 %, "
           f"peak {mem['rss_mb_peak']:.0f} MB (growth {mem['growth_mb']:.1f} MB)")
     return 0
 

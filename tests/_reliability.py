@@ -22,7 +22,7 @@ __all__ = ["CONCURRENT", "IN_PROCESS", "STRICT_THREADS", "WAIT", "assert_balance
 #: An exception escaping a worker thread fails the test (the default hook only prints it).
 STRICT_THREADS = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 #: Seconds a job that must end is given; past it the test fails instead of hanging.
-WAIT = 30.0
+WAIT = 90.0
 #: Backends whose jobs progress by themselves; "step" moves only inside ``wait()``/``step()``.
 CONCURRENT = ("threads", "ray")
 #: Backends that run user code in the test's process (user objects, events and lists are shared).

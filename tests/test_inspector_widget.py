@@ -6,6 +6,7 @@ messages behave as in a notebook; ``set_state`` / ``_handle_custom_msg`` play th
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from test_inspector_fakes import HOSTILE, SCRIPT_END, FakeJob, decision, make_snapshot
 
 import sage_nb as snb
-from sage_nb.inspector import Inspector
+from sage_nb.inspector import Inspector, widget
 from sage_nb.metrics import ErrorInfo
 from sage_nb.testing import wait_for
 
@@ -202,7 +203,7 @@ def test_updater_rate_is_at_most_ten_per_second(close_all):
 
 
 def test_costly_updates_are_spaced_to_keep_the_inspector_under_its_cpu_budget(close_all):
-    """An update that burns 10 ms of CPU is followed by >= 10 ms / 2.5 % = 0.4 s of rest."""
+    """An update that burns 10 ms of CPU is followed by >= 10 ms / DUTY (2 %) = 0.5 s of rest."""
     from sage_nb.inspector.updater import DUTY
 
     class Costly(FakeJob):
@@ -328,3 +329,36 @@ def test_real_failure_is_shown_with_its_traceback(no_leak, close_all):
     assert "ZeroDivisionError" in w.error["message"] + w.error["traceback"]
     assert "Traceback" in w.error["traceback"]
     w.close()
+
+
+class Busy(FakeJob):
+    """A job whose routing trace moves on at every snapshot."""
+
+    def snapshot(self):
+        if not self.done:
+            self.current = make_snapshot(trace=[decision(self.calls, "src[0]", "count", "hash", key="k")],
+                                         elapsed=1.0 + self.calls)
+        return super().snapshot()
+
+
+def test_the_routing_log_follows_a_running_job_twice_a_second_and_the_end_at_once(close_all, monkeypatch):
+    made: list[float] = []
+    real = widget.routing_rows
+    monkeypatch.setattr(widget, "routing_rows", lambda trace: made.append(time.monotonic()) or real(trace))
+    job = Busy()
+    w = Inspector(job, rate=10)
+    close_all(w)
+    wait_for(lambda: job.calls >= 12, 5)
+    assert all(b - a >= widget.ROWS_EVERY for a, b in itertools.pairwise(made)), made
+    job.finish()                                              # the final state shows the last rows
+    wait_for(lambda: not w.live, 2)
+    assert w.rows[0]["seq"] == job.current.trace[-1].seq
+
+
+def test_updater_cost_counts_the_updates_while_the_job_runs(close_all):
+    job = FakeJob()
+    w = Inspector(job, rate=10)
+    close_all(w)
+    wait_for(lambda: w.updater_cost[0] >= 3, 3)
+    updates, cpu = w.updater_cost
+    assert 0 < cpu < 1.0 and updates <= job.calls

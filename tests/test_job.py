@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from _reliability import needs_shared_state
 
 import sage_nb as snb
 from sage_nb.testing import Scripted, wait_for
@@ -20,13 +21,14 @@ def test_operators_map_flat_map_filter_union_co_map(backend):
     words = p.from_iterable(["a b", "c"], name="words").flat_map(str.split, name="split")
     evens.union(words).map(str, name="both").sink(name="union")
     evens.connect(words).co_map([lambda x: ("n", x), lambda w: ("w", w)], name="tag").sink(name="tagged")
-    job = p.run(backend=backend).wait(timeout=30)
+    job = p.run(backend=backend).wait(timeout=120)
     assert sorted(job.results("union")) == sorted(["0", "2", "4", "6", "8", "a", "b", "c"])
     assert sorted(job.results("tagged")) == sorted([("n", x) for x in range(0, 10, 2)] +
                                                    [("w", w) for w in "abc"])
 
 
 def test_map_forwards_none_and_user_sink_sees_everything(backend):
+    needs_shared_state(backend)
     seen = []
     p = snb.Pipeline("none")
     p.from_iterable([1, 2, 3]).map(lambda x: None if x == 2 else x).sink(seen.append, name="s")
@@ -35,6 +37,7 @@ def test_map_forwards_none_and_user_sink_sees_everything(backend):
 
 
 def test_class_functions_get_ctx_before_open_and_close_once(backend):
+    needs_shared_state(backend)
     events = []
     lock = threading.Lock()
 

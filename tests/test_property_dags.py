@@ -102,6 +102,21 @@ def _apply(kind: str, fn: Any, received: Counter) -> Counter:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(g=dags())
 def test_random_dags_deliver_the_expected_multiset(backend, no_leak, g):
+    if backend == "ray":
+        pytest.skip("on Ray: test_random_dags_on_ray (fewer examples: each job starts its actors)")
+    _check_dag(g, backend)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+@settings(max_examples=6, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(g=dags())
+def test_random_dags_on_ray(ray_session, g):
+    _check_dag(g, "ray")
+
+
+def _check_dag(g: nx.DiGraph, backend: str) -> None:
     expected = expected_outputs(g)
     assume(sum(sum(c.values()) for c in expected.values()) <= MAX_DELIVERED)
     plan = snb.compile(g, job_id="prop-dag-plan")

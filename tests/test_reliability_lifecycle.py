@@ -54,7 +54,7 @@ def _flowing(job: snb.Job) -> bool:
 def _wait_flowing(job: snb.Job) -> None:
     """Wait until items reach the sink (a step job moves only when asked: nothing to wait for)."""
     if job.backend in CONCURRENT:
-        wait_for(lambda: _flowing(job), timeout=10)
+        wait_for(lambda: _flowing(job), timeout=60 if job.backend == "ray" else 10)  # Ray: actors start
 
 
 # --------------------------------------------------------------------------- T22

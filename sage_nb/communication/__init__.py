@@ -5,6 +5,7 @@ from .local_queue import LocalQueue, QueueShutDown, QueueStats
 from .packet import Packet, StopSignal
 from .partition import partition, stable_hash
 from .queue_descriptor import BaseQueueDescriptor, PythonQueueDescriptor
+from .ray_queue import RayQueueDescriptor
 from .router import BaseRouter, BroadcastGroup, RoutingDecision
 from .rpc_queue import RPCQueueDescriptor, RPCQueueServer
 
@@ -20,6 +21,7 @@ __all__ = [
     "QueueStats",
     "RPCQueueDescriptor",
     "RPCQueueServer",
+    "RayQueueDescriptor",
     "RoutingDecision",
     "StopSignal",
     "partition",

@@ -25,7 +25,7 @@ __all__ = ["MAX_RATE", "MIN_RATE", "Registry", "Updater"]
 MAX_RATE = 10.0     # updates a second, at most
 MIN_RATE = 1.0      # at least: the thread notices the end of a job within a second
 IDLE_INTERVAL = 1.0  # also the longest wait: the end of a job is seen within a second
-DUTY = 0.025        # the share of one core the updates may use
+DUTY = 0.02         # the share of one core (and of the GIL) the updates may take from the job
 POLL = 0.2          # how often a sleeping updater checks whether its job has ended
 
 
@@ -34,6 +34,8 @@ class Updater:
 
     ``tick()``, when given, runs before each read (the Play button's step); it returns
     True when it moved something (the next round then comes at ``rate``, not at idle pace).
+    ``updates`` and ``cpu`` count the updates made while the job ran and the seconds of this
+    thread's CPU they took (the last one, after the job's end, costs the job nothing).
     """
 
     def __init__(self, source: Source, apply: Callable[[JobSnapshot], None], rate: Callable[[], float],
@@ -49,6 +51,8 @@ class Updater:
         self._stop = threading.Event()
         self._nudge = threading.Event()     # ends the current wait: stop() or wake()
         self._costs: deque[float] = deque(maxlen=5)
+        self.updates = 0
+        self.cpu = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -102,10 +106,13 @@ class Updater:
                 snap = self.source.read()
                 if snap is not None and not self._stop.is_set():
                     self.apply(snap)
-                if ticked or snap is not None:
-                    self._costs.append(time.thread_time() - start)
+                cost = time.thread_time() - start
                 if self.source.finished:
                     return
+                if ticked or snap is not None:
+                    self._costs.append(cost)
+                    self.updates += 1
+                    self.cpu += cost
                 self._sleep(self._interval(idle=snap is None and not ticked))
         except Exception as exc:   # shown in the widget; the job itself is not affected
             self.on_error(f"inspector stopped updating: {exc!r}\n{traceback.format_exc()}")

@@ -36,7 +36,8 @@ __all__ = ["Inspector"]
 STATIC = Path(__file__).parent / "static"
 ENDED = ("FINISHED", "CANCELLED", "FAILED")
 TIMELINE_EVERY = 4.0          # seconds between timeline renderings while a job runs, at least
-TIMELINE_DUTY = 0.02          # ... and at most this share of a core spent rendering it
+TIMELINE_DUTY = 0.01          # ... and at most this share of a core spent rendering it
+ROWS_EVERY = 0.5              # seconds between routing log refreshes while a job runs, at least
 AUTO_PHYSICAL_MAX = 12        # default to the physical view up to this many instances
 
 _registry = Registry()
@@ -58,9 +59,12 @@ class Inspector(StepControls, anywidget.AnyWidget):
     job, it shows where and why, with the queue contents of that instance.
 
     The inspector only calls ``job.snapshot()`` (and ``pause()``/``resume()`` on request),
-    at most ``rate`` (<= 10) times a second and within a CPU budget of a few per cent. Its
-    thread ends within a second of the job's end, or of ``close()``; on a pipeline it keeps
-    a light watch (one look a second) for the next run until it is closed.
+    at most ``rate`` (<= 10) times a second; the routing log follows twice a second and the
+    timeline every few seconds. Its updates take at most 2 % of a core (a costly update is
+    followed by a longer pause: the effective rate drops) and the timeline renderings at most
+    1 %; :attr:`updater_cost` tells what watching has taken so far. Its thread ends within a
+    second of the job's end, or of ``close()``; on a pipeline it keeps a light watch (one look
+    a second) for the next run until it is closed.
 
     >>> from sage_nb.demo import demo_pipeline
     >>> job = demo_pipeline("doc-inspector").run().wait(timeout=30)
@@ -108,9 +112,10 @@ class Inspector(StepControls, anywidget.AnyWidget):
         self._rates = RateWindow()
         self._history = LoadHistory()
         self._timeline_at = time.monotonic()     # the first live rendering waits for some history
-        self._timeline = render.Timeline()
+        self._timeline: render.Timeline | None = None     # built at its first rendering
         self._timeline_cost = 0.08                # a guess, until the first rendering is timed
         self._rows_mark: tuple[Any, ...] = ()
+        self._rows_at = float("-inf")
         self._rows_cache: list[dict[str, Any]] = []
         self._closed = False
         self._auto_view = view is None
@@ -187,6 +192,13 @@ class Inspector(StepControls, anywidget.AnyWidget):
     def snapshot(self) -> JobSnapshot | None:
         """The latest snapshot shown."""
         return self._snap
+
+    @property
+    def updater_cost(self) -> tuple[int, float]:
+        """(updates, CPU seconds) of the updater thread while the job ran, timeline renderings
+        included: over the job's duration, the share of a core that watching took from it."""
+        updater = self._updater
+        return (updater.updates, updater.cpu) if updater is not None else (0, 0.0)
 
     def close(self) -> None:
         """Stop the updater thread (within a second) and close the widget."""
@@ -271,15 +283,20 @@ class Inspector(StepControls, anywidget.AnyWidget):
     def _path(self, snap: JobSnapshot | None) -> list[str]:
         return packet_path(snap, self.packet, self.view) if snap is not None and self.packet >= 0 else []
 
-    def _rows(self, snap: JobSnapshot) -> list[dict[str, Any]]:
+    def _rows(self, snap: JobSnapshot, now: float, at_once: bool) -> list[dict[str, Any]]:
+        """The routing log, remade when the trace moved. While a job runs, at most every
+        ``ROWS_EVERY`` s: a log is read, not watched, and its rows were over a third of an
+        update's cost (building them and sending them to the browser)."""
         mark = (snap.job_id, len(snap.trace), snap.trace[-1].seq if snap.trace else None, snap.trace_skipped)
-        if mark != self._rows_mark:       # the trace often stays put between two updates
-            self._rows_mark, self._rows_cache = mark, routing_rows(snap.trace)
+        if mark != self._rows_mark and (at_once or now - self._rows_at >= ROWS_EVERY):
+            self._rows_mark, self._rows_cache, self._rows_at = mark, routing_rows(snap.trace), now
         return self._rows_cache
 
     def _state(self, snap: JobSnapshot) -> dict[str, Any]:
+        now = time.monotonic()
+        final = self._source.finished or snap.status in ENDED     # nothing more will come
         state: dict[str, Any] = {
-            "graph": self._graph(snap), "rows": self._rows(snap),
+            "graph": self._graph(snap), "rows": self._rows(snap, now, at_once=final or self.stepping),
             "keydist": key_distribution(snap), "status": snap.status,
             "summary": status_view(snap), "error": error_view(snap), "path": self._path(snap),
         }
@@ -288,10 +305,9 @@ class Inspector(StepControls, anywidget.AnyWidget):
         halt = self._source.halt()
         hit, queued = halt if halt is not None else (None, ())
         state["breakpoint_hit"] = breakpoint_view(hit, queued, snap, self.view)
-        now = time.monotonic()
-        final = self._source.finished or snap.status in ENDED     # nothing more will come
         if final or now - self._timeline_at >= max(TIMELINE_EVERY, self._timeline_cost / TIMELINE_DUTY):
             start = time.thread_time()
+            self._timeline = self._timeline or render.Timeline()
             self._timeline.set_title(f"buffer load over time — {snap.pipeline}")
             png = self._timeline.png(self._history, final=final)
             state["timeline"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")

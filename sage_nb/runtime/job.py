@@ -212,9 +212,6 @@ def _make_runner(plan: ExecutionGraph, backend: str, **options: Any) -> Any:
     if backend == "threads":
         return Dispatcher(plan, **options)
     if backend == "ray":
-        if importlib.util.find_spec("sage_nb.runtime.ray_backend") is None:
-            raise BackendError("backend='ray' is not part of this release yet; use 'threads' or 'step' "
-                               "(RPC queues already cross processes: stream.via('rpc'))")
         if importlib.util.find_spec("ray") is None:
             raise BackendError("backend='ray' needs the 'ray' package: pip install 'sage-nb[ray]'")
         from .ray_backend import RayDispatcher

@@ -1,0 +1,158 @@
+"""sage_nb on Ray against Ray's own references, measured in one run on one machine.
+
+References (performance.md, "Ray mode"): the single-item ``ray.util.queue.Queue.put`` rate
+from the driver, and the round trip of one actor call. Measured here:
+
+- **R2 throughput**: source -> map -> sink with ``--n`` packets and default settings;
+  packets/s from the source's first packet to the last result on the driver (actor start-up
+  excluded, and reported apart). Goal: >= 100x the single put rate.
+- **R3 latency**: one packet at a time through source -> map -> sink (the source stamps
+  ``time.time()``, the sink measures); p50 against the actor-call RTT. Goal: <= 4x.
+
+Prints one JSON line per figure and a summary.
+
+    .venv/bin/python benchmarks/bench_ray.py                # 200,000 packets
+    .venv/bin/python benchmarks/bench_ray.py --n 50000 --puts 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _p50_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def queue_put_rate(ray, n: int) -> float:
+    from ray.util.queue import Queue
+
+    q = Queue()
+    q.put(0)
+    start = time.perf_counter()
+    for i in range(n):
+        q.put(i)
+    rate = n / (time.perf_counter() - start)
+    ray.kill(q.actor)
+    return rate
+
+
+def actor_rtt(ray, n: int) -> list[float]:
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def ping(self, x):
+            return x
+
+    a = Echo.remote()
+    ray.get(a.ping.remote(0))
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        ray.get(a.ping.remote(i))
+        out.append(time.perf_counter() - start)
+    ray.kill(a)
+    return out
+
+
+def pipeline_rate(n: int) -> tuple[float, float]:
+    """(packets/s from first packet to last result, seconds of start-up before the first packet)."""
+    import sage_nb as snb
+
+    def numbers():
+        yield time.time()
+        yield from range(1, n)
+
+    p = snb.Pipeline("bench-ray")
+    p.from_source(numbers, name="src").map(lambda x: x, name="map").sink(name="out")
+    began = time.time()
+    job = p.run(backend="ray")
+    out = job.runner.results["out"]
+    while not out and not job.runner.done.is_set():
+        time.sleep(0.001)
+    first = out[0]
+    while len(out) < n and not job.runner.done.is_set():
+        time.sleep(0.001)
+    last = time.time()
+    job.wait(timeout=600)
+    assert len(job.results("out")) == n, len(job.results("out"))
+    return n / (last - first), first - began
+
+
+class _Latency:
+    """A sink class that records how long each packet took since the source stamped it, and
+    writes the samples to ``path`` when the stream ends."""
+
+    path = ""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def __call__(self, stamp: float) -> None:
+        self.samples.append(time.time() - stamp)
+
+    def close(self) -> None:
+        with open(self.path, "w") as f:
+            json.dump(self.samples, f)
+
+
+def pipeline_latency(n: int, gap: float) -> list[float]:
+    import sage_nb as snb
+
+    def stamps():
+        for _ in range(n):
+            time.sleep(gap)
+            yield time.time()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = type("LatencySink", (_Latency,), {"path": os.path.join(tmp, "latency.json")})
+        p = snb.Pipeline("bench-ray-latency")
+        p.from_source(stamps, name="src").map(lambda t: t, name="map").sink(sink, name="out")
+        p.run(backend="ray").wait(timeout=600)
+        with open(sink.path) as f:
+            return json.load(f)[5:]  # the first packets meet cold code paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200_000, help="packets through the pipeline")
+    ap.add_argument("--puts", type=int, default=2000, help="single-item Queue.put calls")
+    ap.add_argument("--latency", type=int, default=100, help="packets for the latency run")
+    args = ap.parse_args()
+
+    from sage_nb.communication.ray_manager import ensure_ray
+
+    began = time.perf_counter()
+    ray = ensure_ray(num_cpus=os.cpu_count(), object_store_memory=100 * 1024 * 1024)  # as backend="ray" does
+    figures = {"ray": ray.__version__, "cpus": os.cpu_count(), "ray_init_s": round(time.perf_counter() - began, 2)}
+    put_rate = queue_put_rate(ray, args.puts)
+    rtt = actor_rtt(ray, 300)
+    rate, startup = pipeline_rate(args.n)
+    latency = pipeline_latency(args.latency, 0.01)
+    put_again = queue_put_rate(ray, args.puts)  # the box may have changed under us: report both
+    figures.update({
+        "queue_put_per_s": round(put_rate), "queue_put_per_s_after": round(put_again),
+        "actor_rtt_p50_ms": round(_p50_ms(rtt), 3),
+        "pipeline_packets": args.n, "pipeline_packets_per_s": round(rate),
+        "pipeline_startup_s": round(startup, 2),
+        "throughput_ratio": round(rate / put_rate, 1), "throughput_goal": ">= 100",
+        "latency_p50_ms": round(_p50_ms(latency), 3),
+        "latency_p99_ms": round(sorted(latency)[int(0.99 * (len(latency) - 1))] * 1e3, 3),
+        "latency_ratio": round(_p50_ms(latency) / _p50_ms(rtt), 2), "latency_goal": "<= 4",
+    })
+    print(json.dumps(figures))
+    print(f"Queue.put x1: {put_rate:,.0f}/s (after: {put_again:,.0f}/s); sage_nb source->map->sink: "
+          f"{rate:,.0f} packets/s = {rate / put_rate:.0f}x (goal >= 100x); start-up {startup:.1f} s")
+    print(f"latency p50 {_p50_ms(latency):.2f} ms vs actor RTT p50 {_p50_ms(rtt):.2f} ms = "
+          f"{_p50_ms(latency) / _p50_ms(rtt):.1f}x (goal <= 4x)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

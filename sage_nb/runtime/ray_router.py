@@ -1,0 +1,174 @@
+"""Batching for the Ray backend: a router that ships a batch per connection, an input that prefetches.
+
+An actor call costs the better part of a millisecond, so packets travel in batches
+(performance.md: batching is mandatory). A :class:`BatchingRouter` buffers the packets
+routed to each connection and ships them as one pickled chunk with one ``put``:
+
+- when a buffer reaches ``BATCH`` packets;
+- when the task is about to wait for input (its :class:`BatchingInput` flushes first), so
+  every input batch's output leaves at the end of that batch;
+- from a source's ``send`` once the last flush is ``LINGER`` seconds old, for connections
+  whose previous batch has landed (Nagle: while one batch travels, the next one grows);
+- from the actor's flusher thread, when packets waited ``IDLE_LINGER`` seconds while the
+  task was busy in user code;
+- before the stop signals, which travel behind the data, in the same chunk.
+
+A connection has at most one batch in flight, and the next leaves only once the previous
+is stored, so FIFO per connection holds and a full queue blocks its producer (nothing is
+dropped). Queues that are not Ray queues (RPC edges) take packets one by one, unbuffered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..communication.packet import StopSignal
+from ..communication.ray_queue import RayQueueProxy, encode
+from ..communication.router import BaseRouter
+from ..errors import Cancelled, DeliveryError
+
+__all__ = ["BATCH", "GET_BATCH", "IDLE_LINGER", "LINGER", "BatchingInput", "BatchingRouter"]
+
+BATCH = 1024         # packets per connection per put
+GET_BATCH = 1024     # packets taken from the input queue per get
+PREFETCH_FROM = 64   # a batch this large means load: fetch the next one while processing it
+LINGER = 0.002       # seconds a source's routed packets may wait for their batch
+IDLE_LINGER = 0.01   # seconds any routed packet may wait while the task is busy in user code
+SLICE = 1.0          # seconds a blocked put waits in the manager before checking cancel/put_timeout
+
+
+class BatchingRouter(BaseRouter):
+    """A :class:`BaseRouter` whose deliveries are buffered per connection and shipped in batches.
+
+    A connection has at most one batch in flight: the task keeps working while it travels,
+    and the next batch leaves only once the previous one is stored (FIFO, backpressure).
+    ``linger`` (sources) also flushes from ``send`` once the last flush is that old.
+    """
+
+    def __init__(self, *args: Any, linger: float | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lock = threading.RLock()
+        self.linger = linger
+        self.pending = 0
+        self.last_flush = time.monotonic()
+        self.error: BaseException | None = None
+        for c in self.connections:  # other queues (RPC edges) take packets one by one, unbuffered
+            c.buffer, c.inflight, c.batched = [], None, isinstance(c.queue, RayQueueProxy)
+
+    def send(self, packet: Any) -> int:
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            n = super().send(packet)
+            if self.linger is not None and self.pending and \
+                    time.monotonic() - self.last_flush >= self.linger:
+                self.flush(only_free=True)
+            return n
+
+    def send_stop_signal(self) -> int:
+        with self.lock:
+            n = super().send_stop_signal()
+            self.flush()
+            self.settle()
+            return n
+
+    def _put(self, conn: Any, item: Any) -> None:
+        if not conn.batched:
+            super()._put(conn, item)
+            return
+        buf = conn.buffer
+        buf.append(item)
+        self.pending += 1
+        if len(buf) >= BATCH:
+            self._ship(conn)
+
+    def flush(self, only_free: bool = False) -> None:
+        """Send every buffered batch; connections whose previous batch is stored go first,
+        so that one full queue does not hold back the others. ``only_free`` sends only
+        those (Nagle: while a batch travels, the next one grows)."""
+        import ray
+
+        with self.lock:
+            if self.pending:
+                conns = [c for c in self.connections if c.buffer]
+                busy = [c.inflight[0] for c in conns if c.inflight is not None]
+                done = set(ray.wait(busy, num_returns=len(busy), timeout=0)[0]) if busy else set()
+                conns.sort(key=lambda c: c.inflight is not None and c.inflight[0] not in done)
+                for c in conns:
+                    if only_free and c.inflight is not None and c.inflight[0] not in done:
+                        break
+                    self._ship(c)
+            self.last_flush = time.monotonic()
+
+    def settle(self) -> None:
+        """Wait until every batch in flight is stored (delivered)."""
+        with self.lock:
+            for c in self.connections:
+                self._settle(c)
+
+    def _ship(self, conn: Any) -> None:
+        self._settle(conn)
+        buf, n = conn.buffer, len(conn.buffer)
+        wait = SLICE if self.put_timeout is None else min(SLICE, self.put_timeout)
+        blob = encode(buf)
+        conn.inflight = (conn.queue.submit_put(blob, 0, n, wait), blob, n, time.monotonic())
+        conn.buffer = []
+        self.pending -= n
+
+    def _settle(self, conn: Any) -> None:
+        if conn.inflight is None:
+            return
+        ref, blob, n, since = conn.inflight
+        conn.inflight = None
+        began = time.monotonic()
+        try:
+            stored, status = conn.queue.call(ref, SLICE)
+            while status != "shutdown" and stored < n:
+                self.blocked = True
+                if self.cancel is not None and self.cancel.is_set():
+                    break
+                waited = time.monotonic() - since
+                wait = SLICE
+                if self.put_timeout is not None:
+                    if waited >= self.put_timeout:
+                        raise DeliveryError(
+                            f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
+                            f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
+                            f"{n - stored} packet(s) were not delivered")
+                    wait = min(wait, self.put_timeout - waited)
+                stored, status = conn.queue.put_blob(blob, stored, n, wait)
+            if stored < n:
+                raise Cancelled(f"{self.name}: job stopping; {n - stored} packet(s) not delivered "
+                                f"to {conn.target_name}")
+        finally:
+            self.blocked = False
+            self.blocked_time += time.monotonic() - began
+
+
+class BatchingInput:
+    """The task's input queue: flushes the task's outputs before every wait for input and,
+    under load (a batch of ``PREFETCH_FROM`` packets or more), asks for the next batch while
+    the current one is processed (not after a stop signal: the task may be about to end)."""
+
+    def __init__(self, queue: Any, flush: Any, prefetch: bool) -> None:
+        self.queue, self.flush, self.prefetch = queue, flush, prefetch
+        self.ahead: Any = None
+
+    def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
+        self.flush()
+        if not self.prefetch:
+            return self.queue.get_many(max_items, block, timeout)
+        items: list = []
+        if self.ahead is not None:
+            ref, self.ahead = self.ahead, None
+            items = self.queue.receive(ref, SLICE)
+        if not items:
+            items = self.queue.get_many(GET_BATCH, block, timeout)
+        if len(items) >= PREFETCH_FROM and not any(m.__class__ is StopSignal for m in items):
+            self.ahead = self.queue.request(GET_BATCH, SLICE)
+        return items
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
