@@ -1,0 +1,259 @@
+"""Micro-batches: a router's per-connection buffers, and how they are shipped.
+
+A batching router (``batch_size > 1``) routes every packet as usual but appends the
+delivery to its connection's ``batch`` list instead of putting it. A buffer is *shipped*
+(delivered with as few puts as the queue's room allows) when it holds ``batch_limit``
+packets, when its reader is hungry (waiting for input, nobody woke it yet), on ``flush()``
+(the task is about to wait for input, to pause, to end) and from the job's flusher after
+``linger`` seconds. Only the shipper removes packets from a buffer, under ``ship_lock``;
+the task only appends, at the end, so FIFO per connection holds. ``packets_sent`` counts
+what was delivered, when it was delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Cancelled, DeliveryError
+from .connection import EAGER, Connection
+from .local_queue import LocalQueue, QueueShutDown
+from .packet import Packet, StopSignal
+from .partition import partition
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .router import BroadcastGroup
+
+__all__ = ["Shipper", "capacity"]
+
+
+class Shipper:
+    """The batching half of :class:`~sage_nb.communication.router.BaseRouter` (a mixin: it
+    uses the router's groups, counters, ``send``, ``_send_lane``, ``_put`` and ``_trace``)."""
+
+    batching: bool
+    ship_lock: Any
+    _conns: tuple[Connection, ...]
+    _lane: Any
+
+    def routes_in_bulk(self) -> bool:
+        """Whether :meth:`send_many` moves unkeyed packets without a call per packet."""
+        g = self._lane
+        return g is not None and self.batching and g.strategy != "broadcast"
+
+    def bulk_lane(self) -> Connection | None:
+        """The connection every packet takes when this router batches and has a single
+        round-robin group of one instance (a task may append to its buffer directly)."""
+        g = self._lane
+        if g is None or not self.batching or g.key is not None or g.strategy != "round_robin" or \
+                len(g.connections) != 1:
+            return None
+        return g.connections[0]
+
+    def note_bulk(self, conn: Connection, packet: Any, n: int) -> None:
+        """Offer the trace one routing decision for ``n`` packets appended to ``conn`` in bulk
+        (the others count as skipped)."""
+        tr = self.tracer
+        if tr is None:
+            return
+        if packet.__class__ is Packet and tr.sample():
+            self._trace(tr, packet.seq, self.groups[0], "round_robin", None, (conn,), 0, packet.payload)
+            n -= 1
+        _skip(tr, n)
+
+    def send_many(self, packets: list[Packet]) -> int:
+        """``send`` each packet of ``packets`` in order (same routing, same counters); returns the
+        deliveries. Unkeyed packets through one round-robin or hash group move without a call
+        per packet; the trace is offered the batch's first decision, the others count as skipped."""
+        g = self._lane
+        if g is None or not self.batching or self.watch is not None or self.closed or \
+                g.strategy == "broadcast" or any(p.partition_strategy is not None for p in packets):
+            send = self.send
+            return sum(send(p) for p in packets)
+        n = len(packets)
+        if not n:
+            return 0
+        tr = self.tracer
+        if tr is not None and tr.sample():
+            self._send_lane(g, packets[0])  # routed and traced as one packet
+            packets = packets[1:]
+            if not packets:
+                return 1
+            _skip(tr, len(packets))
+        else:
+            if tr is not None:
+                _skip(tr, len(packets) - 1)
+            self.tracer = None  # this batch's decisions are not traced
+        try:
+            if g.key is not None:
+                self._hash_many(g, packets)
+            else:
+                self._round_robin_many(g, packets)
+        finally:
+            self.tracer = tr
+        return n
+
+    def _hash_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
+        conns, keyfn, owners, size, ship = g.connections, g.key, self._owners, len(g.connections), self._ship
+        for p in packets:
+            key = keyfn(p.payload)
+            t = type(key)
+            if t is int or t is str:
+                i = owners.get(key)
+                if i is None:
+                    i = self._owner(key, size)
+            else:
+                i = partition(key, size)
+            c = conns[i]
+            p.partition_key, p.partition_strategy, p.input_index = key, "hash", c.target_input_index
+            buf = c.batch
+            buf.append(p)
+            if len(buf) >= c.batch_limit:
+                ship(c)
+        self.flush_waiting()
+
+    def _round_robin_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
+        conns = g.connections
+        if len(conns) > 1:
+            send = self._send_lane
+            for p in packets:
+                send(g, p)
+            return
+        c = conns[0]
+        ti = c.target_input_index
+        for p in packets:
+            p.input_index, p.partition_key = ti, None
+        buf, limit, i, n = c.batch, c.batch_limit, 0, len(packets)
+        while i < n:
+            j = min(n, i + max(1, limit - len(buf)))
+            buf.extend(packets[i:j] if i or j < n else packets)
+            i = j
+            if len(buf) >= limit:
+                self._ship(c)
+        if buf and c.receiver.hungry:
+            self._ship(c)
+
+
+    # ------------------------------------------------------------------ shipping
+    def buffered(self) -> int:
+        """Packets routed but still waiting in this router's buffers."""
+        return sum(len(c.batch) for c in self._conns) if self.batching else 0
+
+    def flush(self) -> None:
+        """Ship every buffered batch now (blocking while a queue is full)."""
+        if self.batching:
+            for c in self._conns:
+                if c.batch:
+                    self._ship(c)
+
+    def flush_waiting(self) -> None:
+        """Ship the batches whose receiver is waiting for input (it gains nothing by waiting longer)."""
+        for c in self._conns:
+            if c.batch and c.receiver.hungry:
+                self._ship(c)
+
+    def _ship(self, conn: Connection, block: bool = True) -> bool:
+        """Deliver ``conn``'s buffer in order; the delivered prefix leaves the buffer and is counted.
+
+        Only the shipper removes items (under ``ship_lock``); the task appends meanwhile, at
+        the end. ``block=False`` (the flusher) puts what fits now and never waits for the lock.
+        """
+        lock = self.ship_lock
+        if not lock.acquire(block):
+            return False
+        try:
+            if conn.receiver is EAGER:
+                q = conn.queue
+                conn.receiver = q if _fast_queue(q) else EAGER
+            buf = conn.batch
+            items = buf[:]
+            done = [0]
+            try:
+                if block:
+                    self._deliver(conn, items, done)
+                else:
+                    self._offer(conn, items, done)
+            finally:
+                k = done[0]
+                if k:
+                    del buf[:k]
+                    if items[k - 1].__class__ is StopSignal:
+                        conn.stops_sent += 1
+                        k -= 1
+                    conn.packets_sent += k
+                    conn.batches_sent += 1
+            return True
+        finally:
+            lock.release()
+
+    def _offer(self, conn: Connection, items: list, done: list[int]) -> None:
+        q = conn.queue
+        try:
+            if _fast_queue(q):
+                done[0] = q.offer(items, 0)
+                return
+            for item in items:
+                q.put(item, False)
+                done[0] += 1
+        except (queue.Full, QueueShutDown):
+            pass
+
+    def _deliver(self, conn: Connection, items: list, done: list[int]) -> None:
+        """Put every item of ``items`` in order; ``done[0]`` counts those put, whatever happens."""
+        q = conn.queue
+        if not _fast_queue(q):  # a queue that overrides put (or is remote) takes them one by one
+            for item in items:
+                self._put(conn, item)
+                done[0] += 1
+            return
+        n = len(items)
+        try:
+            done[0] = q.offer(items, 0)
+            if done[0] < n:
+                start = time.monotonic()
+                self.blocked = True
+                try:
+                    while done[0] < n:
+                        self._wait_room(conn, q, start)
+                        done[0] = q.offer(items, done[0])
+                finally:
+                    self.blocked = False
+                    self.blocked_time += time.monotonic() - start
+        except QueueShutDown:
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+
+    def _wait_room(self, conn: Connection, q: Any, start: float) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}")
+        waited = time.monotonic() - start
+        if self.put_timeout is not None and waited >= self.put_timeout:
+            raise DeliveryError(
+                f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
+                f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
+                f"the packet was not delivered")
+        wait = self.poll_interval
+        if self.put_timeout is not None:
+            wait = max(0.0, min(wait, self.put_timeout - waited))
+        with contextlib.suppress(queue.Full):
+            q.wait_room(True, wait)
+
+def _fast_queue(q: Any) -> bool:
+    """A :class:`LocalQueue` whose ``put`` is its own: batches go in with ``offer``."""
+    t = type(q)
+    return issubclass(t, LocalQueue) and t.put is LocalQueue.put
+
+
+def capacity(conn: Connection) -> int:
+    """The capacity of ``conn``'s queue from its descriptor (0: unbounded or unknown)."""
+    try:
+        return int(conn.queue_descriptor.metadata.get("maxsize") or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _skip(tracer: Any, n: int) -> None:
+    """Count ``n`` decisions the tracer was not offered as skipped (a Trace counts them)."""
+    if n and hasattr(tracer, "skipped"):
+        tracer.skipped += n
