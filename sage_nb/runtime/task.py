@@ -346,7 +346,7 @@ class BaseTask:
                 send(p)
         else:  # pragma: no cover - validated at build time
             raise ValueError(f"unknown kind {kind!r}")
-        if not self.ctx.keyed_input:
+        if kind == "bulk" or not self.ctx.keyed_input:  # the bulk process counts keys itself
             return process
         inner, ctx, counts = process, self.ctx, self.key_counts
 
@@ -368,8 +368,20 @@ class BaseTask:
             return None
         self._bulk = c
         send, ship, buf, limit, ti = router.send, router._ship, c.batch, c.batch_limit, c.target_input_index
+        ctx, counts, keyed, is_map = self.ctx, self.key_counts, self.ctx.keyed_input, kind == "map"
 
-        def append(p: Packet) -> None:
+        def process(p: Packet) -> None:  # one call per packet: key counts, user function, routing
+            if keyed:
+                key = ctx.current_key = p.partition_key
+                if key in counts:
+                    counts[key] += 1
+                elif len(counts) < KEY_CAP:
+                    counts[key] = 1
+            if is_map:
+                p.payload = fn(p.payload)
+            elif not fn(p.payload):
+                return
+            p.partition_strategy = None
             if router.watch is not None:  # breakpoints: every packet through send()
                 send(p)
                 return
@@ -377,17 +389,6 @@ class BaseTask:
             buf.append(p)
             if len(buf) >= limit:
                 ship(c)
-
-        if kind == "map":
-            def process(p: Packet) -> None:
-                p.payload = fn(p.payload)
-                p.partition_strategy = None
-                append(p)
-        else:
-            def process(p: Packet) -> None:
-                if fn(p.payload):
-                    p.partition_strategy = None
-                    append(p)
         return process
 
     def _run_input(self, process: Callable[[Packet], None]) -> None:
