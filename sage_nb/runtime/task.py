@@ -309,12 +309,9 @@ class BaseTask:
     def _make_process(self, fn: Any) -> Callable[[Packet], None]:
         kind, send = self.ctx.kind, self.router.send
         bulk = self._bulk_process(kind, fn)
-        if bulk is not None:
-            process = bulk
-            kind = "bulk"
-        if kind == "bulk":
-            pass
-        elif kind == "sink":
+        if bulk is not None:  # it counts keys itself
+            return bulk
+        if kind == "sink":
             if fn is None:
                 append = self.results.append  # type: ignore[union-attr]
 
@@ -346,7 +343,7 @@ class BaseTask:
                 send(p)
         else:  # pragma: no cover - validated at build time
             raise ValueError(f"unknown kind {kind!r}")
-        if kind == "bulk" or not self.ctx.keyed_input:  # the bulk process counts keys itself
+        if not self.ctx.keyed_input:
             return process
         inner, ctx, counts = process, self.ctx, self.key_counts
 
