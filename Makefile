@@ -31,7 +31,11 @@ test-fast: $(VENV)/.dev       ## unit tests and doctests only
 lint: $(VENV)/.dev
 	$(BIN)/ruff check sage_nb tests benchmarks
 
-bench: $(VENV)/.dev           ## throughput/latency against the raw CPython references of the same run
+$(VENV)/.bench: pyproject.toml | $(VENV)/.dev
+	$(PIP) install -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench         ## throughput/latency against the raw references and the peers, in one run
 	$(BIN)/python benchmarks/run.py
 
 lab: $(VENV)/.dev             ## open the course in JupyterLab

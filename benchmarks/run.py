@@ -8,6 +8,7 @@ Prints one JSON line per measurement and a summary table with ratios:
 - p = 1 (default settings) under the live Inspector (rate 10), and the CPU its updater thread
   spent per update;
 - light-traffic latency (one packet in flight) through source -> map -> sink;
+- streamz and Bytewax on the same pipeline, when installed (``benchmarks/peers.py``);
 - memory over a 10,000,000-packet run (RSS sampled while it runs: flat means bounded).
 The throughput cases take turns within each repetition, so a busy machine's drift hits them alike.
 
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(__file__))
+import peers
 import references
 
 import sage_nb as snb
@@ -145,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     n, reps = args.n, args.reps
     base = threading.active_count()
     costs: list[tuple[int, float, float, float]] = []
-    raw, fused, b1, p1, p4, watched = measure({
+    others = peers.available()
+    raw, fused, b1, p1, p4, watched, *peer_rates = measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "sage_nb threads batch_size=1": lambda k: sage_pipeline(k, batch_size=1),
         "sage_nb threads default": sage_pipeline,
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
         "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
+        **others,
     }, n, reps)
     lat_raw = p50_us(references.latency_two_hops())
     lat_b1 = p50_us(sage_latency(batch_size=1))
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         ("sage_nb threads default map p=4 hash", f"{p4:12,.0f}", f"{p4 / p1:.2f}x own p=1 (target >= 0.8x)"),
         ("sage_nb threads default under the Inspector", f"{watched:12,.0f}",
          f"{watched / p1:.2f}x own p=1 (target >= 0.95x)"),
+        *((name, f"{rate:12,.0f}", f"{rate / fused:.3f}x fused; sage_nb default is {p1 / rate:.2f}x this")
+          for name, rate in zip(others, peer_rates, strict=True)),
         ("latency p50, raw two thread hops", f"{lat_raw:9,.1f} us", "1.00x raw"),
         ("latency p50, sage_nb batch_size=1", f"{lat_b1:9,.1f} us", f"{lat_b1 / lat_raw:.2f}x raw"),
         ("latency p50, sage_nb default", f"{lat:9,.1f} us", f"{lat / lat_raw:.2f}x raw (target <= 3x)"),
