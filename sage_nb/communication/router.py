@@ -310,14 +310,7 @@ class BaseRouter(Shipper):
         self.blocked = True
         try:
             while True:
-                if self.cancel is not None and self.cancel.is_set():
-                    raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}")
-                waited = time.monotonic() - start
-                if self.put_timeout is not None and waited >= self.put_timeout:
-                    raise DeliveryError(
-                        f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
-                        f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
-                        f"the packet was not delivered")
+                self._still_waiting(conn, start)
                 tried = time.monotonic()
                 try:
                     q.put(item, True, self.poll_interval)
@@ -332,6 +325,19 @@ class BaseRouter(Shipper):
         finally:
             self.blocked = False
             self.blocked_time += time.monotonic() - start
+
+    def _still_waiting(self, conn: Connection, start: float) -> float:
+        """Seconds a blocked delivery on ``conn`` has waited since ``start``; raises Cancelled when
+        the job stops and DeliveryError once ``put_timeout`` has passed."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}")
+        waited = time.monotonic() - start
+        if self.put_timeout is not None and waited >= self.put_timeout:
+            raise DeliveryError(
+                f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
+                f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
+                f"the packet was not delivered")
+        return waited
 
     def _pause(self, seconds: float) -> None:
         if self.cancel is not None:

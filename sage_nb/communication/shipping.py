@@ -17,7 +17,7 @@ import queue
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Cancelled, DeliveryError
+from ..errors import Cancelled
 from .connection import EAGER, Connection
 from .local_queue import LocalQueue, QueueShutDown
 from .packet import Packet, StopSignal
@@ -31,7 +31,7 @@ __all__ = ["Shipper", "capacity"]
 
 class Shipper:
     """The batching half of :class:`~sage_nb.communication.router.BaseRouter` (a mixin: it
-    uses the router's groups, counters, ``send``, ``_send_lane``, ``_put`` and ``_trace``)."""
+    uses the router's groups, counters, ``send``, ``_send_lane``, ``_put``, ``_still_waiting`` and ``_trace``)."""
 
     batching: bool
     ship_lock: Any
@@ -225,14 +225,7 @@ class Shipper:
             raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
 
     def _wait_room(self, conn: Connection, q: Any, start: float) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}")
-        waited = time.monotonic() - start
-        if self.put_timeout is not None and waited >= self.put_timeout:
-            raise DeliveryError(
-                f"{self.name} -> {conn.target_name}: queue {conn.queue_descriptor.queue_id!r} "
-                f"stayed full for {waited:.1f} s (put_timeout={self.put_timeout}); "
-                f"the packet was not delivered")
+        waited = self._still_waiting(conn, start)
         wait = self.poll_interval
         if self.put_timeout is not None:
             wait = max(0.0, min(wait, self.put_timeout - waited))
