@@ -284,14 +284,16 @@ class Pipeline:
 
         Options: the compile options (``queue_maxsize``, ``job_id``, …, see ``compile``),
         ``put_timeout`` (seconds a full queue may block a delivery before the job fails),
-        ``paused`` (start paused, e.g. to set breakpoints first), and micro-batching on the
-        threads backend:
+        ``paused`` (start paused, e.g. to set breakpoints first), and micro-batching:
 
         - ``batch_size`` (default 256): packets travel between tasks in batches of up to this
           many per connection (never more than the receiving queue holds). Routing stays per
           packet; ``batch_size=1`` delivers packet by packet, as the step backend does.
         - ``linger`` (default 0.005 s): the longest a routed packet waits for its batch when
           traffic is light (a receiver waiting for input gets its packets at once).
+        - On Ray, packets always travel in batches, one actor call each (default 1024 per
+          connection, linger 2 ms); ``batch_size``/``linger`` set them there too, and
+          ``batch_size=1`` makes one actor call per packet.
 
         >>> p = Pipeline("doc-run")
         >>> p.from_iterable(range(6)).map(lambda x: x * x).sink(name="out")

@@ -317,3 +317,12 @@ def test_t32_backend_parity_threads_ray_and_rpc_edges():
     assert {(e.node, type(e.__cause__), str(e.__cause__)) for e in errors.values()} == \
         {("pair", ValueError, "cannot handle 37")}
     assert all(str(e.packet).endswith("37") for e in errors.values()), errors
+
+
+def test_batch_size_and_linger_apply_on_ray_too():
+    p = snb.Pipeline("ray-batch-1")
+    p.from_iterable(range(50), name="src").map(lambda x: x + 1, name="inc").sink(name="out")
+    job = p.run(backend="ray", batch_size=1, linger=0.001).wait(timeout=120)
+    assert job.results("out") == list(range(1, 51))  # one actor call per packet, still FIFO
+    with pytest.raises(snb.BackendError, match=r"batch_size must be an int"):
+        p.run(backend="ray", batch_size=0)

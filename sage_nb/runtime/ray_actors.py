@@ -22,7 +22,7 @@ from ..communication.local_queue import QueueShutDown
 from ..communication.ray_queue import RayQueueDescriptor, RayQueueProxy, encode, manager_handle
 from ..errors import Cancelled, SageError
 from ..metrics import Trace
-from .ray_router import IDLE_LINGER, LINGER, SLICE, BatchingInput, BatchingRouter
+from .ray_router import IDLE_LINGER, SLICE, BatchingInput, BatchingRouter
 from .service import ServiceCaller, ServiceRunner
 from .task import BaseTask, Control
 
@@ -153,7 +153,8 @@ class TaskActor:
                         put_timeout=spec["put_timeout"])
         task.router = BatchingRouter(ctx.name, ctx.downstream_groups, cancel=self.control.cancel,
                                      put_timeout=spec["put_timeout"],
-                                     linger=LINGER if ctx.kind == "source" else None)
+                                     linger=spec["linger"] if ctx.kind == "source" else None,
+                                     batch=spec["batch"])
         task.router.tracer = self.trace
         if ctx.input_qd is not None:
             q = ctx.input_qd.queue_instance

@@ -34,9 +34,11 @@ from ..communication.ray_queue import (
     manager_name,
 )
 from ..metrics import ErrorInfo, Trace
+from .batching import check_batching
 from .ray_actors import ServiceActor, TaskActor, rebuild_exception
 from .ray_metrics import CALL_TIMEOUT, RayReadings
 from .ray_plan import instance_spec, materialise_sources, service_spec, use_ray_queues
+from .ray_router import BATCH, LINGER
 from .ray_watch import RayWatcher, failure
 from .task import Control
 
@@ -91,7 +93,8 @@ class RayDispatcher(RayWatcher, RayReadings):
     """Runs one :class:`ExecutionGraph` on Ray (the Dispatcher interface)."""
 
     def __init__(self, plan: ExecutionGraph, *, put_timeout: float | None = None,
-                 trace: Trace | None = None) -> None:
+                 trace: Trace | None = None, batch_size: int | None = None,
+                 linger: float | None = None) -> None:
         self.plan = plan
         self.control = RayControl(self)
         self.trace = trace or Trace()
@@ -101,7 +104,9 @@ class RayDispatcher(RayWatcher, RayReadings):
         self.events = RayQueueDescriptor(maxsize=0, queue_id=f"{plan.job_id}.events", job=self.job)
         materialise_sources(plan)
         rate = max(20.0, self.trace.rate / max(1, len(plan.contexts)))
-        self._specs = {name: instance_spec(plan, ctx, put_timeout, rate, ctx.operator in self.results)
+        size, wait = check_batching(batch_size, linger)  # validated; Ray's own defaults are larger
+        batching = (BATCH if batch_size is None else size, LINGER if linger is None else wait)
+        self._specs = {name: instance_spec(plan, ctx, put_timeout, rate, ctx.operator in self.results, *batching)
                        for name, ctx in plan.contexts.items()}
         services = plan.logical.graph.get("services", {})
         self._service_specs = {s: service_spec(sctx, services[s]) for s, sctx in plan.services.items()}

@@ -100,13 +100,13 @@ def _picklable(obj: Any) -> bool:
 
 
 def instance_spec(plan: Any, ctx: Any, put_timeout: float | None, trace_rate: float,
-                  collect: bool) -> bytes:
+                  collect: bool, batch: int, linger: float) -> bytes:
     """The pickled spec a :class:`TaskActor` builds its task from."""
     attrs = plan.logical.nodes[ctx.operator]
     if ctx.kind == "source":
         attrs = _source_attrs(attrs, ctx)
     spec = {"ctx": ctx, "attrs": attrs, "put_timeout": put_timeout, "trace_rate": trace_rate,
-            "collect": collect}
+            "collect": collect, "batch": batch, "linger": linger}
     return _dumps(f"node {ctx.operator!r} (instance {ctx.name})", spec)
 
 

@@ -4,7 +4,7 @@ An actor call costs the better part of a millisecond, so packets travel in batch
 (performance.md: batching is mandatory). A :class:`BatchingRouter` buffers the packets
 routed to each connection and ships them as one pickled chunk with one ``put``:
 
-- when a buffer reaches ``BATCH`` packets;
+- when a buffer reaches ``batch`` packets (the job's ``batch_size``, default ``BATCH``);
 - when the task is about to wait for input (its :class:`BatchingInput` flushes first), so
   every input batch's output leaves at the end of that batch;
 - from a source's ``send`` once the last flush is ``LINGER`` seconds old, for connections
@@ -47,8 +47,9 @@ class BatchingRouter(BaseRouter):
     ``linger`` (sources) also flushes from ``send`` once the last flush is that old.
     """
 
-    def __init__(self, *args: Any, linger: float | None = None, **kw: Any) -> None:
+    def __init__(self, *args: Any, linger: float | None = None, batch: int = BATCH, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.batch = batch
         self.lock = threading.RLock()
         self.linger = linger
         self.pending = 0
@@ -81,7 +82,7 @@ class BatchingRouter(BaseRouter):
         buf = conn.buffer
         buf.append(item)
         self.pending += 1
-        if len(buf) >= BATCH:
+        if len(buf) >= self.batch:
             self._ship(conn)
 
     def flush(self, only_free: bool = False) -> None:
