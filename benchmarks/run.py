@@ -3,8 +3,9 @@
 Prints one JSON line per measurement and a summary table with ratios:
 - the raw references: 3-stage ``queue.Queue(maxsize=10000)`` thread pipeline, the fused loop,
   and the latency of one packet through two thread hops;
-- sage_nb source -> map -> sink on threads with ``batch_size=1`` (packet by packet) and with
-  the default settings (micro-batching), and map p = 4 with hash;
+- sage_nb source -> map -> sink on threads with ``batch_size=1`` (packet by packet), with
+  the default settings (micro-batching), with ``chain=True`` (one task), and with ``key_by``
+  (hash) before the map at p = 1 and at p = 4 (compared with its own p = 1);
 - p = 1 (default settings) under the live Inspector (rate 10), and the CPU its updater thread
   spent per update;
 - light-traffic latency (one packet in flight) through source -> map -> sink;
@@ -148,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     base = threading.active_count()
     costs: list[tuple[int, float, float, float]] = []
     others = peers.available()
-    raw, fused, b1, p1, p4, watched, *peer_rates = measure({
+    raw, fused, b1, p1, chained, h1, p4, watched, *peer_rates = measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "sage_nb threads batch_size=1": lambda k: sage_pipeline(k, batch_size=1),
         "sage_nb threads default": sage_pipeline,
+        "sage_nb threads default chain=True": lambda k: sage_pipeline(k, chain=True),
+        "sage_nb threads default map p=1 hash": lambda k: sage_pipeline(k, 1, key=True),
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
         "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
         **others,
@@ -173,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         ("sage_nb threads batch_size=1", f"{b1:12,.0f}", f"{b1 / raw:.2f}x raw (target >= 1.0x)"),
         ("sage_nb threads default", f"{p1:12,.0f}",
          f"{p1 / fused:.3f}x fused (target >= 0.5x); {p1 / raw:.2f}x raw"),
-        ("sage_nb threads default map p=4 hash", f"{p4:12,.0f}", f"{p4 / p1:.2f}x own p=1 (target >= 0.8x)"),
+        ("sage_nb threads default chain=True", f"{chained:12,.0f}",
+         f"{chained / fused:.3f}x fused; {chained / p1:.2f}x default"),
+        ("sage_nb threads default map p=1 hash", f"{h1:12,.0f}", f"{h1 / p1:.2f}x default (no key)"),
+        ("sage_nb threads default map p=4 hash", f"{p4:12,.0f}",
+         f"{p4 / h1:.2f}x own p=1 (target >= 0.8x); {p4 / p1:.2f}x default (no key)"),
         ("sage_nb threads default under the Inspector", f"{watched:12,.0f}",
          f"{watched / p1:.2f}x own p=1 (target >= 0.95x)"),
         *((name, f"{rate:12,.0f}", f"{rate / fused:.3f}x fused; sage_nb default is {p1 / rate:.2f}x this")

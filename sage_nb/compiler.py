@@ -32,11 +32,12 @@ from .runtime.context import ServiceContext, TaskContext
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
 
-__all__ = ["DEFAULT_QUEUE_MAXSIZE", "ExecutionGraph", "compile_graph", "needs_rpc"]
+__all__ = ["DEFAULT_QUEUE_MAXSIZE", "ExecutionGraph", "chain_edges", "compile_graph", "needs_rpc"]
 
 #: Capacity of every input queue unless ``queue_maxsize=`` says otherwise (0: unbounded).
 DEFAULT_QUEUE_MAXSIZE = 1024
 _job_numbers: dict[str, Any] = {}
+_CHAINABLE = ("map", "filter", "flat_map", "sink")
 
 
 def _next_job_id(pipeline: str) -> str:
@@ -67,6 +68,22 @@ def _rpc_factory(server: Any, logical: nx.DiGraph) -> Callable[[str, int], BaseQ
         host, port, secret = server
         return RPCQueueDescriptor(host, port, size, queue_id=queue_id, secret=secret)
     return make
+
+
+def chain_edges(logical: nx.DiGraph) -> set[tuple[str, str]]:
+    """The logical edges ``chain=True`` fuses: ``u -> v`` where ``u`` feeds only ``v``, ``v`` is
+    fed only by ``u``, both have the same parallelism, ``v`` is a map, filter, flat_map or sink,
+    and the edge is a plain round-robin one in process (no key, no broadcast, no RPC queue).
+    Instance ``i`` of ``v`` then runs inside instance ``i`` of ``u``'s task."""
+    out = set()
+    for u, v, d in logical.edges(data=True):
+        du, dv = logical.nodes[u], logical.nodes[v]
+        if (dv["kind"] in _CHAINABLE and logical.out_degree(u) == 1 and logical.in_degree(v) == 1
+                and du.get("parallelism", 1) == dv.get("parallelism", 1)
+                and d.get("strategy", "round_robin") == "round_robin" and d.get("key") is None
+                and d.get("queue") != "rpc"):
+            out.add((u, v))
+    return out
 
 
 def needs_rpc(logical: nx.DiGraph) -> bool:
@@ -132,7 +149,7 @@ class ExecutionGraph:
 def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
                   queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE, service_timeout: float = 10.0,
                   queue_factory: Callable[[str, int], BaseQueueDescriptor] | None = None,
-                  rpc_server: Any = None) -> ExecutionGraph:
+                  rpc_server: Any = None, chain: bool = False) -> ExecutionGraph:
     """Validate ``logical`` and build its :class:`ExecutionGraph`.
 
     ``queue_maxsize`` bounds every input queue (0: unbounded); ``job_id`` names the job
@@ -144,6 +161,9 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
     import networkx as nx  # imported on first use: `import sage_nb` stays fast
 
     validate(logical)
+    if type(chain) is not bool:
+        raise GraphError(f"chain must be True or False, got {chain!r}")
+    chained = chain_edges(logical) if chain else set()
     pipeline = logical.graph.get("name") or "pipeline"
     job_id = job_id or _next_job_id(pipeline)
     make_q = queue_factory or (lambda qid, size: PythonQueueDescriptor(maxsize=size, queue_id=qid))
@@ -173,16 +193,20 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
         for u, _, e in in_edges:
             i = e.get("input_index", 0)
             upstreams[i] = upstreams.get(i, ()) + tuple(names[u])
+        fed_by = next((u for u, _, _ in in_edges if (u, op) in chained), None)
         for i, inst in enumerate(names[op]):
             groups = []
             for b, (_, v, e) in enumerate(out_edges):
-                conns = tuple(Connection(b, j, t, inputs[t], e.get("input_index", 0), inst)
-                              for j, t in enumerate(names[v]))
+                forward = (op, v) in chained  # instance i feeds instance i only
+                targets = [(i, names[v][i])] if forward else list(enumerate(names[v]))
+                conns = tuple(Connection(b, j, t, inputs[t], e.get("input_index", 0), inst, chained=forward)
+                              for j, t in targets)
                 groups.append(BroadcastGroup(b, v, e.get("strategy", "round_robin"), conns, e.get("key")))
+            ups = upstreams if fed_by is None else {k: (names[fed_by][i],) for k in upstreams}
             contexts[inst] = TaskContext(
                 job_id=job_id, name=inst, operator=op, kind=d["kind"], parallel_index=i,
                 parallelism=len(names[op]), input_qd=inputs.get(inst), groups=tuple(groups),
-                upstreams=upstreams,
+                upstreams=ups, chained_from=None if fed_by is None else names[fed_by][i],
                 keyed_input=any(e.get("strategy") == "hash" for _, _, e in in_edges),
                 response_qd=responses.get(inst),
                 service_qds={s: None for s in service_specs}, service_timeout=service_timeout)
@@ -198,5 +222,7 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
                                      response_qds=responses, workers=spec.workers)
     for ctx in contexts.values():
         ctx.service_qds = {s: services[s].request_qd for s in service_specs}
-    options = {"queue_maxsize": queue_maxsize, "service_timeout": service_timeout}
+    options = {"queue_maxsize": queue_maxsize, "service_timeout": service_timeout, "chain": chain}
+    if chained:
+        options["chained"] = sorted(f"{u}->{v}" for u, v in chained)
     return ExecutionGraph(job_id, pipeline, logical, phys, contexts, services, options)

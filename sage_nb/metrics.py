@@ -121,7 +121,7 @@ class ConnectionSnapshot:
     broadcast_index: int
     parallel_index: int
     target_input_index: int
-    strategy: str             # round_robin | hash | broadcast
+    strategy: str             # round_robin | hash | broadcast | chained (chain=True, no queue)
     key_label: str | None     # the key function's name for hash edges
     packets_sent: int
     stops_sent: int

@@ -234,6 +234,20 @@ NOTEBOOKS["09_scaling_out.ipynb"] = [
         "            \"qd.put_many(list(range(100)))\\n\"\n            \"qd.put(snb.END)\\n\")\n"
         "subprocess.run([sys.executable, \"-c\", producer, pickle.dumps(feed).hex()], check=True, timeout=60)\n"
         "squares = job.wait(timeout=30).results(\"out\")\nserver.close()\nsquares[:5]"),
+    (M, "## Before scaling out: fuse what needs no queue\n\nA queue between two operators costs a "
+        "hand-over between threads for every batch. Where one operator feeds only the next, with the same "
+        "parallelism and no key or broadcast in between, `chain=True` runs them **in one task**: "
+        "instance *i* of the second inside the thread of instance *i* of the first. The graph, the "
+        "counters and the answers stay the same; the edge is labelled *chained*."),
+    (C, "import time\n\ndef build_chain():\n    p = snb.Pipeline(\"chain\")\n"
+        "    p.from_iterable(range(300_000), name=\"numbers\").map(lambda x: x * 3, name=\"triple\")"
+        ".filter(lambda x: x % 2 == 0, name=\"even\").sink(name=\"out\")\n    return p\n\n"
+        "timings = {}\nfor chain in (False, True):\n    start = time.perf_counter()\n"
+        "    fused_job = build_chain().run(chain=chain).wait(timeout=60)\n"
+        "    timings[chain] = time.perf_counter() - start\n"
+        "    print(f\"chain={chain}: {len(fused_job.results('out')):,} results in {timings[chain]:.2f} s, \"\n"
+        "          f\"{len(fused_job.runner.backend.threads)} threads\")\n"
+        "snb.Inspector(fused_job)   # four nodes, three 'chained' edges"),
     (M, "## The same pipeline on Ray\n\n`backend=\"ray\"` starts a local Ray (no dashboard) or joins "
         "the one this notebook already runs, creates one actor per task instance and one "
         "`RayQueueManager` actor holding the job's queues, and moves packets between them **in batches** "
@@ -247,6 +261,9 @@ NOTEBOOKS["09_scaling_out.ipynb"] = [
         "owners(ray_job)"),
     (C, "from sage_nb.runtime.ray_backend import alive_actors\n"
         "[name for name in alive_actors() if ray_job.runner.job in name]   # its actors and queue manager: gone"),
+    exercise("Add `.key_by(lambda x: x % 10)` before `filter` in `build_chain()`. Which edges stay chained?",
+             "from sage_nb.compiler import chain_edges\nchain_edges(build_chain().graph)\n"
+             "# only numbers -> triple: a hash edge goes through a queue, to the instance that owns the key"),
     exercise("Run `build()` without `.via(\"rpc\")`. Do the key → instance tables differ?",
              "# no: the hash is stable across processes and transports, so the same key meets the same instance"),
     (C, "# checks\nthreads_job = snb.Pipeline(\"scale-local\")\n"
@@ -258,7 +275,10 @@ NOTEBOOKS["09_scaling_out.ipynb"] = [
         "assert squares == [x * x for x in range(100)]\n"
         "assert sorted(ray_job.results(\"out\")) == sorted(threads_job.results(\"out\"))\n"
         "assert owners(ray_job) == owners(threads_job)   # Ray workers hash keys the same way\n"
-        "assert ray_job.backend == \"ray\" and not [n for n in alive_actors() if ray_job.runner.job in n]"),
+        "assert ray_job.backend == \"ray\" and not [n for n in alive_actors() if ray_job.runner.job in n]\n"
+        "assert fused_job.results(\"out\") == [x * 3 for x in range(300_000) if x * 3 % 2 == 0]\n"
+        "assert {c.strategy for c in fused_job.snapshot().connections} == {\"chained\"}\n"
+        "assert [t.packets_in for t in fused_job.snapshot().tasks] == [300_000, 300_000, 300_000, 150_000]"),
 ]
 
 

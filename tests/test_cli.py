@@ -42,3 +42,20 @@ def test_sage_nb_demo_command_prints_the_table_and_writes_the_report(tmp_path):
     assert "split[0]" in page and "FINISHED" in page and "http" not in page.lower().replace(
         "http-equiv", "")
     assert snb.jobs() == []
+
+
+def test_the_python_blocks_of_readme_run(no_leak):
+    """A newcomer copies them into a notebook: each block runs as written."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        scope: dict = {}
+        exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
+        job = scope.get("job")
+        if job is not None:
+            job.wait(timeout=60)
+            assert job.status is snb.JobStatus.FINISHED, job

@@ -45,9 +45,17 @@ def with_service() -> snb.Pipeline:
     return p
 
 
-@pytest.mark.parametrize("build", [wordcount, diamond, with_service])
+def chained() -> snb.Pipeline:
+    p = snb.Pipeline("chained")
+    src = p.from_iterable(range(3), name="src", parallelism=2)
+    src.map(ident, name="m", parallelism=2).filter(bool, name="f", parallelism=2) \
+        .map(ident, name="one").sink(name="out")
+    return p
+
+
+@pytest.mark.parametrize("build", [wordcount, diamond, with_service, chained])
 def test_to_dict_is_pinned_by_golden_file(build, request):
-    plan = build().compile(job_id="golden")
+    plan = build().compile(job_id="golden", chain=build is chained)
     got = json.loads(json.dumps(plan.to_dict()))
     path = GOLDEN / f"plan_{build.__name__}.json"
     if request.config.getoption("--update-golden"):

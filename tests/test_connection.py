@@ -91,7 +91,8 @@ def test_name_dict_and_repr():
     c = _conn(target_input_index=1)
     assert c.name == "split[0]->count[1]"
     assert c.to_dict() == {"source": "split[0]", "target": "count[1]", "broadcast_index": 0,
-                           "parallel_index": 1, "target_input_index": 1, "queue_id": "count[1].in"}
+                           "parallel_index": 1, "target_input_index": 1, "queue_id": "count[1].in",
+                           "chained": False}
     assert repr(c) == "Connection('split[0]' -> 'count[1]', group=0, input=1, queue='count[1].in')"
 
 

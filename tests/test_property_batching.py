@@ -1,7 +1,7 @@
 """Property: micro-batching changes how packets travel, never what arrives nor in which order.
 
-For random DAGs (the shapes of ``test_property_dags``), random batch sizes, linger times and
-queue sizes, every sink receives the multiset a batch size of 1 gives (the reference
+For random DAGs (the shapes of ``test_property_dags``), random batch sizes, linger times,
+queue sizes and operator chaining on or off, every sink receives the multiset a batch size of 1 gives (the reference
 interpreter's), and every physical connection is FIFO: each operator tags what it emits with
 its instance and a counter, and every receiver checks that the tags of each sender arrive in
 increasing order.
@@ -90,13 +90,16 @@ def tagged(g: nx.DiGraph) -> nx.DiGraph:
 @settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(g=dags(), batch_size=st.sampled_from([1, 2, 3, 7, 64, 256]),
-       linger=st.sampled_from([0.0005, 0.002, 0.05]), queue_maxsize=st.sampled_from([1, 3, 64, 1024]))
-def test_batching_keeps_outputs_and_per_connection_order(no_leak, g, batch_size, linger, queue_maxsize):
+       linger=st.sampled_from([0.0005, 0.002, 0.05]), queue_maxsize=st.sampled_from([1, 3, 64, 1024]),
+       chain=st.booleans())
+def test_batching_keeps_outputs_and_per_connection_order(no_leak, g, batch_size, linger, queue_maxsize,
+                                                         chain):
     expected = expected_outputs(g)
     assume(sum(sum(c.values()) for c in expected.values()) <= MAX_DELIVERED)
     sinks = [v for v in g.nodes if g.nodes[v]["kind"] == "sink"]
     _received.clear()
-    job = snb.run(tagged(g), batch_size=batch_size, linger=linger, queue_maxsize=queue_maxsize)
+    job = snb.run(tagged(g), batch_size=batch_size, linger=linger, queue_maxsize=queue_maxsize,
+                  chain=chain)
     snap = finished(job)
     for sink in sinks:
         assert Counter(_received[sink]) == expected[sink], sink

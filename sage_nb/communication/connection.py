@@ -36,13 +36,14 @@ class Connection:
 
     def __init__(self, broadcast_index: int, parallel_index: int, target_name: str,
                  queue_descriptor: BaseQueueDescriptor, target_input_index: int = 0,
-                 source_name: str = "") -> None:
+                 source_name: str = "", chained: bool = False) -> None:
         self.broadcast_index = broadcast_index
         self.parallel_index = parallel_index
         self.target_name = target_name
         self.queue_descriptor = queue_descriptor
         self.target_input_index = target_input_index
         self.source_name = source_name
+        self.chained = chained      # chain=True: the target runs in the source's task, no queue between
         self.packets_sent = 0
         self.stops_sent = 0
         self.batches_sent = 0
@@ -90,7 +91,7 @@ class Connection:
         return {"source": self.source_name, "target": self.target_name,
                 "broadcast_index": self.broadcast_index, "parallel_index": self.parallel_index,
                 "target_input_index": self.target_input_index,
-                "queue_id": self.queue_descriptor.queue_id}
+                "queue_id": self.queue_descriptor.queue_id, "chained": self.chained}
 
     def __repr__(self) -> str:
         return (f"Connection({self.source_name!r} -> {self.target_name!r}, group={self.broadcast_index}, "

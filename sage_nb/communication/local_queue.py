@@ -131,8 +131,8 @@ class LocalQueue(queue.Queue):
                 items = list(q)
                 q.clear()
             else:
-                n = max_items
-                items = [q.popleft() for _ in range(n)]
+                n, pop = max_items, q.popleft
+                items = [pop() for _ in range(n)]
             self.total_out += n
             self.not_full.notify(n)
             return items

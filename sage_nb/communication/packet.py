@@ -65,6 +65,18 @@ class Packet:
         p.seq, p.created = _next_seq(), _monotonic()
         return p
 
+    @classmethod
+    def fresh_many(cls, payloads: list[Any]) -> list[Packet]:
+        """``[Packet.fresh(x) for x in payloads]`` in one loop, created at the same instant."""
+        now, new, out = _monotonic(), _new, []
+        append = out.append
+        for x in payloads:
+            p = new(cls)
+            p.payload, p.input_index, p.partition_key, p.partition_strategy = x, 0, None, None
+            p.seq, p.created = _next_seq(), now
+            append(p)
+        return out
+
     def is_keyed(self) -> bool:
         """True when the packet's own strategy overrides the edge's default."""
         return self.partition_strategy is not None

@@ -63,13 +63,16 @@ class Shipper:
             n -= 1
         _skip(tr, n)
 
-    def send_many(self, packets: list[Packet]) -> int:
+    def send_many(self, packets: list[Packet], unkeyed: bool = False, clean: bool = False) -> int:
         """``send`` each packet of ``packets`` in order (same routing, same counters); returns the
         deliveries. Unkeyed packets through one round-robin or hash group move without a call
-        per packet; the trace is offered the batch's first decision, the others count as skipped."""
+        per packet; the trace is offered the batch's first decision, the others count as skipped.
+        ``unkeyed`` promises that no packet carries a partition strategy; ``clean`` also that
+        none carries a key and every one is for input 0 (fresh packets)."""
         g = self._lane
         if g is None or not self.batching or self.watch is not None or self.closed or \
-                g.strategy == "broadcast" or any(p.partition_strategy is not None for p in packets):
+                g.strategy == "broadcast" or \
+                not unkeyed and any(p.partition_strategy is not None for p in packets):
             send = self.send
             return sum(send(p) for p in packets)
         n = len(packets)
@@ -90,31 +93,33 @@ class Shipper:
             if g.key is not None:
                 self._hash_many(g, packets)
             else:
-                self._round_robin_many(g, packets)
+                self._round_robin_many(g, packets, clean)
         finally:
             self.tracer = tr
         return n
 
     def _hash_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
-        conns, keyfn, owners, size, ship = g.connections, g.key, self._owners, len(g.connections), self._ship
+        conns, keyfn, size = g.connections, g.key, len(g.connections)
+        owners, owner = self._owners, self._owner
+        appends = [c.batch.append for c in conns]
+        inputs = [c.target_input_index for c in conns]
         for p in packets:
             key = keyfn(p.payload)
             t = type(key)
-            if t is int or t is str:
+            if t is int or t is str:  # the common keys: their partition is remembered
                 i = owners.get(key)
                 if i is None:
-                    i = self._owner(key, size)
+                    i = owner(key, size)
             else:
                 i = partition(key, size)
-            c = conns[i]
-            p.partition_key, p.partition_strategy, p.input_index = key, "hash", c.target_input_index
-            buf = c.batch
-            buf.append(p)
-            if len(buf) >= c.batch_limit:
-                ship(c)
+            p.partition_key, p.partition_strategy, p.input_index = key, "hash", inputs[i]
+            appends[i](p)
+        for c in conns:  # a buffer may pass its limit by part of one call's packets
+            if len(c.batch) >= c.batch_limit:
+                self._ship(c)
         self.flush_waiting()
 
-    def _round_robin_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
+    def _round_robin_many(self, g: BroadcastGroup, packets: list[Packet], clean: bool = False) -> None:
         conns = g.connections
         if len(conns) > 1:
             send = self._send_lane
@@ -123,8 +128,9 @@ class Shipper:
             return
         c = conns[0]
         ti = c.target_input_index
-        for p in packets:
-            p.input_index, p.partition_key = ti, None
+        if ti or not clean:
+            for p in packets:
+                p.input_index, p.partition_key = ti, None
         buf, limit, i, n = c.batch, c.batch_limit, 0, len(packets)
         while i < n:
             j = min(n, i + max(1, limit - len(buf)))
@@ -203,6 +209,10 @@ class Shipper:
     def _deliver(self, conn: Connection, items: list, done: list[int]) -> None:
         """Put every item of ``items`` in order; ``done[0]`` counts those put, whatever happens."""
         q = conn.queue
+        if getattr(q, "direct", False):  # a chained task: it processes the batch now
+            q.put_many(items)
+            done[0] = len(items)
+            return
         if not _fast_queue(q):  # a queue that overrides put (or is remote) takes them one by one
             for item in items:
                 self._put(conn, item)

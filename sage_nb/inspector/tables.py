@@ -30,7 +30,8 @@ __all__ = [
     "strategy_label",
 ]
 
-STRATEGY_NAMES = {"round_robin": "round-robin", "hash": "hash", "broadcast": "broadcast"}
+STRATEGY_NAMES = {"round_robin": "round-robin", "hash": "hash", "broadcast": "broadcast",
+                  "chained": "chained"}
 
 
 def short_repr(value: Any, limit: int = 40) -> str:

@@ -66,7 +66,8 @@ class Flusher:
 
     def run(self) -> None:
         seen: dict[int, int] = {}
-        conns = [(r, c) for r in self.routers for c in r.connections]
+        # a chained connection is handed over by its sender's thread, never from here
+        conns = [(r, c) for r in self.routers for c in r.connections if not c.chained]
         while not self.done.wait(self.tick) and not self.cancel.is_set():
             for r, c in conns:
                 if not c.batch:

@@ -21,12 +21,13 @@ class TaskContext:
 
     ``upstreams[i]`` lists the upstream instances feeding logical input ``i``; the task
     finishes after one stop signal from each of them (``stop_signal_num`` in total).
+    ``chained_from`` names the upstream instance whose task runs this one (``chain=True``).
     """
 
     def __init__(self, *, job_id: str, name: str, operator: str, kind: str, parallel_index: int,
                  parallelism: int, input_qd: BaseQueueDescriptor | None,
                  groups: tuple[BroadcastGroup, ...], upstreams: dict[int, tuple[str, ...]],
-                 keyed_input: bool = False, response_qd: BaseQueueDescriptor | None = None,
+                 chained_from: str | None = None, keyed_input: bool = False, response_qd: BaseQueueDescriptor | None = None,
                  service_qds: dict[str, BaseQueueDescriptor] | None = None,
                  service_timeout: float = 10.0) -> None:
         self.job_id = job_id
@@ -38,6 +39,7 @@ class TaskContext:
         self.input_qd = input_qd
         self.downstream_groups = groups
         self.upstreams = upstreams
+        self.chained_from = chained_from  # the instance that runs this one inside its task (chain=True)
         self.keyed_input = keyed_input
         self.response_qd = response_qd
         self.service_qds = dict(service_qds or {})
@@ -77,6 +79,7 @@ class TaskContext:
             "parallel_index": self.parallel_index, "parallelism": self.parallelism,
             "input_queue": self.input_qd.to_dict() if self.input_qd else None,
             "upstreams": {str(i): list(s) for i, s in sorted(self.upstreams.items())},
+            "chained_from": self.chained_from,
             "groups": [{"index": g.index, "target": g.target, "strategy": g.strategy,
                         "connections": [c.to_dict() for c in g.connections]}
                        for g in self.downstream_groups],

@@ -145,6 +145,11 @@ class DebugControls:
         restricts ``packet``, ``load_above`` and ``error``. See :mod:`sage_nb.runtime.breakpoints`.
         On threads, start the job with ``p.run(paused=True)``, set breakpoints, then ``resume()``.
         """
+        if not error and self.backend == "threads" and self.plan.options.get("chained"):
+            raise BackendError(
+                "packet, first_packet and load_above breakpoints watch packets entering queues, and "
+                "a chained operator (chain=True) gets its packets without one: run the pipeline "
+                "with chain=False to set them (error=True works with chaining)")
         if self._bps is None:
             from .breakpoints import Breakpoints
 

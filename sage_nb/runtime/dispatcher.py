@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..communication.local_queue import QueueShutDown, QueueStats
 from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace
 from .batching import Flusher, check_batching
+from .chain import link
 from .service import ServiceCaller, ServiceRunner
 from .task import BaseTask, Control
 from .threads import ThreadsBackend
@@ -90,8 +91,8 @@ class Dispatcher:
         if self.services:
             for ctx in self.plan.contexts.values():
                 ctx._caller = ServiceCaller(ctx)
-        for name, task in self.tasks.items():
-            self.backend.spawn(task.run, name)
+        for task in link(self.tasks):  # a chained task runs in its upstream's thread
+            self.backend.spawn(task.run, task.ctx.name)
         batching = [t.router for t in self.tasks.values() if t.router.batching]
         if batching:
             self.flusher = Flusher(batching, self.linger, self.done, self.control.cancel)
@@ -107,7 +108,8 @@ class Dispatcher:
                 payload = getattr(packet, "payload", packet)
                 self.error = ErrorInfo(
                     task.ctx.operator, task.ctx.name, f"{type(exc).__name__}: {exc}",
-                    None if packet is None else f"#{getattr(packet, 'seq', '?')} {payload!r:.200}",
+                    None if packet is None else  # a chained operator's item has no packet
+                    f"#{packet.seq} {payload!r:.200}" if hasattr(packet, "seq") else f"{payload!r:.200}",
                     "".join(traceback.format_exception(exc)))
         if first:  # stop the sources, let in-flight packets drain; cancel all after a deadline
             self.control.stopping = True
@@ -192,7 +194,7 @@ class Dispatcher:
                     s = stats[c.queue_descriptor.queue_id]
                     out.append(ConnectionSnapshot(
                         c.source_name, c.target_name, t.ctx.operator, g.target, c.broadcast_index,
-                        c.parallel_index, c.target_input_index, g.strategy,
+                        c.parallel_index, c.target_input_index, "chained" if c.chained else g.strategy,
                         getattr(g.key, "__name__", None) if g.key else None, c.packets_sent,
                         c.stops_sent, c.queue_descriptor.queue_id, s.used, s.capacity))
         return tuple(out)

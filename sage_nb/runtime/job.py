@@ -196,7 +196,8 @@ class Job(DebugControls):
         return JobSnapshot(
             self.job_id, self.pipeline_name, self.backend, status,
             max(0.0, end - r.started) if r.started else 0.0,
-            _operators(self.plan), _logical_edges(self.plan), r.task_snapshots(stats),
+            _operators(self.plan), _logical_edges(self.plan, self.backend == "threads"),
+            r.task_snapshots(stats),
             r.connection_snapshots(stats), r.trace.latest(), r.trace.skipped, r.error)
 
 
@@ -225,8 +226,10 @@ def _operators(plan: ExecutionGraph) -> tuple[OperatorSnapshot, ...]:
                  for op, d in plan.logical.nodes(data=True))
 
 
-def _logical_edges(plan: ExecutionGraph) -> tuple[tuple[str, str, str, str | None, int], ...]:
-    return tuple((u, v, d.get("strategy", "round_robin"),
+def _logical_edges(plan: ExecutionGraph, fused: bool = True) -> tuple[tuple[str, str, str, str | None, int], ...]:
+    """The logical edges; ``fused``: a chained edge (chain=True, threads) says "chained"."""
+    chained = set(plan.options.get("chained", ())) if fused else set()
+    return tuple((u, v, "chained" if f"{u}->{v}" in chained else d.get("strategy", "round_robin"),
                   getattr(d.get("key"), "__name__", None) if d.get("key") else None,
                   d.get("input_index", 0)) for u, v, d in plan.logical.edges(data=True))
 
@@ -241,8 +244,8 @@ def plan_snapshot(plan: ExecutionGraph) -> JobSnapshot:
                   for c in plan.contexts.values())
     conns = tuple(ConnectionSnapshot(c.source_name, c.target_name, ctx.operator, g.target,
                                      c.broadcast_index, c.parallel_index, c.target_input_index,
-                                     g.strategy, getattr(g.key, "__name__", None) if g.key else None,
-                                     0, 0, c.queue_descriptor.queue_id, 0,
+                                     "chained" if c.chained else g.strategy,
+                                     getattr(g.key, "__name__", None) if g.key else None, 0, 0, c.queue_descriptor.queue_id, 0,
                                      empty[c.queue_descriptor.queue_id].capacity)
                   for ctx in plan.contexts.values() for g in ctx.downstream_groups for c in g.connections)
     return JobSnapshot(plan.job_id, plan.pipeline, "none", "CREATED", 0.0, _operators(plan),

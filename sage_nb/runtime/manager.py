@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["JobManager"]
 
-_COMPILE_OPTIONS = {"job_id", "queue_maxsize", "service_timeout", "queue_factory", "rpc_server"}
+_COMPILE_OPTIONS = {"job_id", "queue_maxsize", "service_timeout", "queue_factory", "rpc_server", "chain"}
 
 
 class JobManager:

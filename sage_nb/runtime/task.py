@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice
+from itertools import compress, islice, takewhile
 from typing import Any, Protocol
 
 from ..communication.local_queue import QueueShutDown
@@ -150,12 +150,24 @@ class BaseTask:
         self.error: BaseException | None = None
         self._closers: list[Callable[[], Any]] = []
         self._bulk: Any = None   # the connection a map/filter appends its outputs to, if it can
+        # chain=True: the task this one runs inside its own (``feed``), and the time spent there
+        self.chain_next: BaseTask | None = None
+        self.chained_time = 0.0
+        self._process: Callable[[Packet], None] | None = None
+        self._fast: Callable[[list[Packet]], None] | None = None   # a whole batch in one loop
+        self._lean_fn: Any = None   # a chained map/filter/sink's function, for take() (None: collect)
+        self._at = 0   # where in its batch _handle was when it raised
+        self._exited = False
 
     # ------------------------------------------------------------------ life cycle
     def run(self) -> None:
         """Open, process until end of stream, close, forward stop signals; never raises."""
         try:
             fn = self._open()
+            chained = self.chain_next
+            while chained is not None:  # the operators chained to this task open in its thread
+                chained._open_chained()
+                chained = chained.chain_next
             if self.ctx.kind == "source":
                 self._run_source(fn)
             else:
@@ -168,13 +180,187 @@ class BaseTask:
             self.state = "cancelled"
             self._close(quiet=True)
         except BaseException as exc:  # user code may raise SystemExit & co: fail the job
-            self.state = "failed"
-            self.error = exc
-            self._close(quiet=True)
-            self.owner.task_failed(self, exc, self.current)
+            self._failed(exc)
             self._end_after_failure()
         finally:
-            self.owner.task_exited(self)
+            chained = self.chain_next
+            while chained is not None:  # cancelled with this task (a finished one has exited)
+                chained._exit(cancelled=True)
+                chained = chained.chain_next
+            self._exit()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.state = "failed"
+        self.error = exc
+        self._close(quiet=True)
+        self.owner.task_failed(self, exc, self.current)
+
+    def _exit(self, cancelled: bool = False) -> None:
+        """Tell the owner this instance ended (once); ``cancelled``: if it had not ended yet."""
+        if self._exited:
+            return
+        self._exited = True
+        if cancelled and self.state not in ("finished", "failed"):
+            self.state = "cancelled"
+            self._close(quiet=True)
+        self.owner.task_exited(self)
+
+    # ------------------------------------------------------------------ chained (chain=True)
+    def _open_chained(self) -> None:
+        """Open this chained instance (in its upstream's thread); a failure fails only it."""
+        try:
+            fn = self._open()
+            self._process = self._make_process(fn)
+            self._lean_fn = fn
+            self.state = "idle"
+        except BaseException as exc:
+            self._failed(exc)
+
+    def feed(self, items: list[Any]) -> None:
+        """Process ``items`` (packets and stop signals) handed over by the upstream instance
+        this one is chained to, in its thread; at the last stop signal close and end."""
+        expected, process = self._expected, self._process
+        if self.error is not None or process is None:  # failed: discard the data, count the stops
+            self._discard(items)
+            return
+        router, perf = self.router, time.perf_counter
+        start, blocked, chained = perf(), router.blocked_time, self.chained_time
+        self.state = "busy"
+        try:
+            self._handle(items, process)
+        except (Cancelled, QueueShutDown):
+            self._leftover = items[self._at:]
+            raise  # the job stops: so does the task this one runs in
+        except BaseException as exc:
+            self.current = items[self._at] if self._at < len(items) else None
+            self._failed(exc)
+            self._discard(items[self._at + 1:])
+            return
+        finally:
+            self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - chained)
+        if items[0].__class__ is not StopSignal:
+            self.last = [m.payload for m in items[-5:] if m.__class__ is not StopSignal] or self.last
+        if expected:
+            self.state = "idle"
+            return
+        self.state = "closing"
+        try:
+            self._close()
+        except BaseException as exc:
+            self._failed(exc)
+        if not router.closed:
+            router.send_stop_signal()
+        if self.error is None:
+            self.state = "finished"
+        self._exit()
+
+    def _discard(self, items: list[Any]) -> None:
+        """After a failure: count the data as discarded; end once every stop signal came."""
+        for msg in items:
+            if msg.__class__ is StopSignal:
+                self._on_stop(msg, self._expected, self._seen)
+            else:
+                self.discarded += 1
+        if not self._expected and not self._exited:
+            if not self.router.closed:
+                self.router.send_stop_signal()
+            self._exit()
+
+    def lean_next(self) -> BaseTask | None:
+        """The task chained to this one when it takes plain items (:meth:`take`): a map,
+        filter or sink, with micro-batching on (``batch_size=1`` keeps packets everywhere)."""
+        t = self.chain_next
+        if t is None or not self.router.batching or t.ctx.kind not in ("map", "filter", "sink"):
+            return None
+        return t
+
+    def emit(self, items: list[Any]) -> None:
+        """Send plain items on: straight into the task chained to this one (:meth:`take`,
+        no packet made), else as fresh packets through the router."""
+        t = self.lean_next()
+        if t is None:
+            self.router.send_many(Packet.fresh_many(items), True, True)
+            return
+        conn = self.router._conns[0]  # the chained connection: the only one
+        conn.packets_sent += len(items)
+        tr = self.router.tracer
+        if tr is not None and hasattr(tr, "skipped"):  # routing decisions not recorded
+            tr.skipped += len(items)
+        start = time.perf_counter()
+        try:
+            t.take(items)
+        finally:
+            self.chained_time += time.perf_counter() - start
+
+    def take(self, items: list[Any]) -> None:
+        """:meth:`feed` for plain items (payloads): a chained map, filter or sink, each item
+        through the user function in one C-level loop that a cancel cuts short."""
+        fn, kind = self._lean_fn, self.ctx.kind
+        if self.error is not None or self._process is None:  # failed: discard
+            self.discarded += len(items)
+            return
+        router, perf = self.router, time.perf_counter
+        start, blocked, inner = perf(), router.blocked_time, self.chained_time
+        self.state = "busy"
+        done: list[Any] = []  # fn's result for each item, as far as it went
+        try:
+            if kind == "sink" and fn is None:  # a collecting sink
+                self.results.extend(items)  # type: ignore[union-attr]
+                done = items
+            else:
+                done.extend(map(fn, takewhile(self._going, items)))
+                if len(done) < len(items):  # only a cancel stops takewhile
+                    raise Cancelled(f"{self.ctx.name}: job stopping")
+        except (Cancelled, QueueShutDown):
+            self.packets_in += len(done)
+            self._leftover = items[len(done):]
+            raise
+        except BaseException as exc:
+            i = len(done)
+            self.packets_in += i
+            self.current = items[i]
+            out = self._outputs(kind, items, done)
+            if out:  # what was processed before goes on, as packet by packet
+                with contextlib.suppress(Cancelled, QueueShutDown):
+                    self.emit(out)
+            self._failed(exc)
+            self.discarded += len(items) - i - 1
+            return
+        finally:
+            self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - inner)
+        self.packets_in += len(items)
+        self.last = items[-5:]
+        out = self._outputs(kind, items, done)
+        if out:
+            self.emit(out)
+        self.state = "idle"
+
+    def _going(self, _: Any) -> bool:
+        return not self.control.cancelled
+
+    @staticmethod
+    def _outputs(kind: str, items: list[Any], done: list[Any]) -> list[Any]:
+        """What a map (its results), a filter (the items it kept) or a sink (nothing) emits."""
+        if kind == "map":
+            return done
+        if kind == "filter":
+            return list(compress(items, done))
+        return []
+
+    def _hand_over(self, idle: bool) -> None:
+        """Ship what this task and the ones chained to it routed: every buffer when ``idle``
+        (about to wait), else the chained hand-overs and the batches a waiting reader wants."""
+        t: BaseTask | None = self
+        while t is not None:
+            r = t.router
+            if r.batching:
+                if idle:
+                    r.flush()
+                else:
+                    for c in r._conns:
+                        if c.batch and (c.chained or c.receiver.hungry):
+                            r._ship(c)
+            t = t.chain_next
 
     def _end_after_failure(self) -> None:
         """Discard the rest of the input and end the stream, so that what was already
@@ -235,8 +421,7 @@ class BaseTask:
                     raise
 
     def _wait_paused(self) -> None:
-        if self.router.batching:  # what was routed before the pause is delivered
-            self.router.flush()
+        self._hand_over(idle=True)  # what was routed before the pause is delivered
         previous, self.state = self.state, "paused"
         self.control.resume.wait()
         if self.control.cancel.is_set():
@@ -271,6 +456,7 @@ class BaseTask:
         send = router.send
         fresh = Packet.fresh
         self.state = "busy"
+        chained = self.chain_next is not None and router.batching
         items = self._source_items(fn)
         if router.routes_in_bulk() and type(items) in _IN_MEMORY:
             self._run_chunks(items)  # items already in memory: no user code runs between them
@@ -285,11 +471,15 @@ class BaseTask:
             self.current = item
             send(fresh(item))
             self.packets_in += 1
+            if chained:  # the chained operator runs now: the source may wait for its next item
+                self._hand_over(idle=False)
         self.current = None
 
     def _run_chunks(self, items: Iterator[Any]) -> None:
         """Route an in-memory sequence a chunk at a time (item by item under breakpoints)."""
-        control, router, fresh = self.control, self.router, Packet.fresh
+        control, router, fresh_many = self.control, self.router, Packet.fresh_many
+        lean = self.lean_next() is not None  # plain items straight into the chained operator
+        size = router.batch_size if lean else SOURCE_CHUNK  # a chained operator takes a whole batch
         while True:
             if control.paused:  # first: breakpoints may be set meanwhile
                 self._wait_paused()
@@ -297,17 +487,22 @@ class BaseTask:
                 if control.cancel.is_set():
                     raise Cancelled(f"{self.ctx.name}: job stopping")
                 break
-            chunk = list(islice(items, 1 if router.watch is not None else SOURCE_CHUNK))
+            chunk = list(islice(items, 1 if router.watch is not None else size))
             if not chunk:
                 break
             self.current = chunk[-1]
-            router.send_many([fresh(x) for x in chunk])
+            if lean:
+                self.packets_in += len(chunk)
+                self.emit(chunk)
+                continue
+            router.send_many(fresh_many(chunk), True, True)
             self.packets_in += len(chunk)
         self.current = None
 
     # ------------------------------------------------------------------ operators
     def _make_process(self, fn: Any) -> Callable[[Packet], None]:
         kind, send = self.ctx.kind, self.router.send
+        self._fast = self._batch_process(kind, fn)
         bulk = self._bulk_process(kind, fn)
         if bulk is not None:  # it counts keys itself
             return bulk
@@ -394,10 +589,13 @@ class BaseTask:
         expected, seen = self._expected, self._seen
         perf = time.perf_counter
         get_many = q.get_many
-        batching, bulk = router.batching, self._bulk
+        batching = router.batching
+        chained = self.chain_next is not None
         while expected:
             self.state = "draining" if seen else "idle"
-            if batching:  # ship before waiting for input; a waiting receiver gets its batch now
+            if chained:  # the chained operators process what the last batch produced
+                self._hand_over(q.empty())
+            elif batching:  # ship before waiting for input; a waiting receiver gets its batch now
                 if q.empty():
                     router.flush()
                 else:
@@ -406,36 +604,107 @@ class BaseTask:
             if control.paused:
                 self._wait_paused()
             self.state = "busy"
-            start, blocked = perf(), router.blocked_time
-            n = 0
-            msg = None
+            start, blocked, inner = perf(), router.blocked_time, self.chained_time
             try:
-                for msg in batch:
-                    if control.cancelled:  # a cancel does not wait for the rest of the batch
-                        raise Cancelled(f"{ctx.name}: job stopping")
-                    if msg.__class__ is StopSignal:
-                        self._on_stop(msg, expected, seen)
-                        continue
-                    if not expected:
-                        raise ProtocolError(f"{ctx.name}: received data after the end of stream of "
-                                            f"every input ({len(seen)} stop signals)")
-                    process(msg)
-                    n += 1
+                self._handle(batch, process)
             except BaseException as exc:
-                self.current = msg
-                pos = next((i for i, m in enumerate(batch) if m is msg), len(batch))
-                # still to account for (stop signals among them); a cancel left `msg` untouched
+                pos = self._at
+                self.current = batch[pos] if pos < len(batch) else None
+                # still to account for (stop signals among them); a cancel left that one untouched
                 self._leftover = batch[pos if isinstance(exc, Cancelled) else pos + 1:]
                 raise
             finally:
-                self.packets_in += n
-                self.busy_time += perf() - start - (router.blocked_time - blocked)
-                if bulk is not None and n:
-                    router.note_bulk(bulk, msg, n)
+                self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - inner)
             self.last = [m.payload for m in batch[-5:] if m.__class__ is not StopSignal] or self.last
         if q.qsize():
             raise ProtocolError(f"{ctx.name}: {q.qsize()} packet(s) arrived after the end of stream "
                                 f"of every input")
+
+    def _handle(self, batch: list[Any], process: Callable[[Packet], None]) -> None:
+        """Process ``batch`` (packets and stop signals) in order, counting ``packets_in``; when
+        it raises, ``self._at`` is the index of the message it was on."""
+        expected = self._expected
+        if self._fast is not None and expected and StopSignal not in map(type, batch) and \
+                self.router.watch is None and not self.control.cancelled:
+            self._fast(batch)  # data only, no breakpoint: one loop for the batch
+            return
+        control, seen, n, msg = self.control, self._seen, 0, None
+        try:
+            for msg in batch:
+                if control.cancelled:  # a cancel does not wait for the rest of the batch
+                    raise Cancelled(f"{self.ctx.name}: job stopping")
+                if msg.__class__ is StopSignal:
+                    self._on_stop(msg, expected, seen)
+                    continue
+                if not expected:
+                    raise ProtocolError(f"{self.ctx.name}: received data after the end of stream of "
+                                        f"every input ({len(seen)} stop signals)")
+                process(msg)
+                n += 1
+        except BaseException:
+            self._at = next((i for i, m in enumerate(batch) if m is msg), len(batch))
+            raise
+        finally:
+            self.packets_in += n
+            if self._bulk is not None and n:
+                self.router.note_bulk(self._bulk, msg, n)
+
+    def _batch_process(self, kind: str, fn: Any) -> Callable[[list[Packet]], None] | None:
+        """A map, filter or sink over a list of packets in one loop, routed with one
+        ``send_many``; None for the other kinds (they go packet by packet)."""
+        if kind not in ("map", "filter", "sink"):
+            return None
+        ctx, counts, send_many, control = self.ctx, self.key_counts, self.router.send_many, self.control
+        keyed = ctx.keyed_input
+        clean = not keyed and set(ctx.upstreams) == {0}  # outputs: no key, for input 0
+        collect = self.results.extend if kind == "sink" and fn is None else None  # type: ignore[union-attr]
+        stop = f"{ctx.name}: job stopping"
+        lean = kind != "sink" and self.lean_next() is not None  # plain items to a chained operator
+
+        def run(batch: list[Packet]) -> None:
+            out, p = batch, None
+            try:
+                if collect is not None and not keyed:
+                    collect([p.payload for p in batch])
+                    p = None
+                else:
+                    if kind == "filter":
+                        out = []
+                    for p in batch:
+                        if control.cancelled:  # a cancel does not wait for the rest of the batch
+                            raise Cancelled(stop)
+                        if keyed:  # key counts, and the key user code may read
+                            key = ctx.current_key = p.partition_key
+                            if key in counts:
+                                counts[key] += 1
+                            elif len(counts) < KEY_CAP:
+                                counts[key] = 1
+                        if kind == "map":
+                            p.payload = fn(p.payload)
+                            p.partition_strategy = None
+                        elif kind == "filter":
+                            if fn(p.payload):
+                                p.partition_strategy = None
+                                out.append(p)
+                        elif collect is None:
+                            fn(p.payload)
+                    if collect is not None:
+                        collect([p.payload for p in batch])
+                        p = None
+            except BaseException:
+                k = self._at = next(i for i, m in enumerate(batch) if m is p)
+                self.packets_in += k
+                if kind != "sink":  # what was processed before is routed, as packet by packet
+                    with contextlib.suppress(Cancelled, QueueShutDown):
+                        send_many(out[:k] if kind == "map" else out, True)
+                raise
+            self.packets_in += len(batch)
+            self._at = len(batch)
+            if lean:
+                self.emit([p.payload for p in out])
+            elif kind != "sink":
+                send_many(out, True, clean)
+        return run
 
     def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None:
         key = (sig.sender, sig.input_index)
