@@ -231,6 +231,7 @@ def _forward_run(backend: str) -> None:
     snap = finished(job, WAIT)
     assert sorted(job.results("out")) == [x for x in range(1, 201) if x % 2 == 0]
     assert {c.strategy for c in snap.connections} == {"round_robin"}
+    assert {e[2] for e in snap.logical_edges} == {"round_robin"}
     assert len(snap.connections) == 6  # src->m and m->f forward (2 + 2), f->out (2)
 
 

@@ -234,8 +234,9 @@ def _logical_edges(plan: ExecutionGraph, fused: bool = True) -> tuple[tuple[str,
                   d.get("input_index", 0)) for u, v, d in plan.logical.edges(data=True))
 
 
-def plan_snapshot(plan: ExecutionGraph) -> JobSnapshot:
-    """The snapshot of a plan that has not run: its shape, every counter at zero."""
+def plan_snapshot(plan: ExecutionGraph, fused: bool = True) -> JobSnapshot:
+    """The snapshot of a plan that has not run: its shape, every counter at zero; ``fused``:
+    chained edges say "chained" (False: a backend that runs them through queues)."""
     empty = {qd.queue_id: QueueStats(0, qd.metadata.get("maxsize") or None, 0, 0, 0)
              for qd in plan.queues()}
     tasks = tuple(TaskSnapshot(c.name, c.operator, c.parallel_index, c.kind, "starting", 0, 0, 0.0, 0.0,
@@ -244,9 +245,10 @@ def plan_snapshot(plan: ExecutionGraph) -> JobSnapshot:
                   for c in plan.contexts.values())
     conns = tuple(ConnectionSnapshot(c.source_name, c.target_name, ctx.operator, g.target,
                                      c.broadcast_index, c.parallel_index, c.target_input_index,
-                                     "chained" if c.chained else g.strategy,
-                                     getattr(g.key, "__name__", None) if g.key else None, 0, 0, c.queue_descriptor.queue_id, 0,
+                                     "chained" if c.chained and fused else g.strategy,
+                                     getattr(g.key, "__name__", None) if g.key else None, 0, 0,
+                                     c.queue_descriptor.queue_id, 0,
                                      empty[c.queue_descriptor.queue_id].capacity)
                   for ctx in plan.contexts.values() for g in ctx.downstream_groups for c in g.connections)
     return JobSnapshot(plan.job_id, plan.pipeline, "none", "CREATED", 0.0, _operators(plan),
-                       _logical_edges(plan), tasks, conns)
+                       _logical_edges(plan, fused), tasks, conns)

@@ -55,7 +55,7 @@ class StepState:
                         for n, t in runner.tasks.items()}   # the queues each instance writes into
         self.conns = [(c, t, g) for t in runner.tasks.values() for g in t.router.groups
                       for c in g.connections]
-        base = plan_snapshot(plan)
+        base = plan_snapshot(plan, fused=False)  # a chained edge is a queue here
         rec.shape = {"job_id": plan.job_id, "pipeline": plan.pipeline, "policy": runner.policy,
                      "plan": plan.to_dict(), "operators": base.operators,
                      "logical_edges": base.logical_edges, "instances": self.order,
