@@ -202,3 +202,16 @@ def test_getters_counts_callers_waiting_for_an_item_and_shutdown_wakes_put_many(
     assert isinstance(b.error, QueueShutDown)
     with pytest.raises(QueueShutDown):
         q.offer(["z"])
+
+
+@pytest.mark.parametrize("backlog", [5, 256, 300, 2048, 3000])
+def test_get_many_takes_in_order_whatever_the_backlog(backlog):
+    q = LocalQueue(0)
+    q.put_many(list(range(backlog)))
+    got = []
+    while q.qsize():
+        batch = q.get_many(256)
+        assert 1 <= len(batch) <= 256
+        got += batch
+    assert got == list(range(backlog))
+    assert q.statistics().total_out == backlog

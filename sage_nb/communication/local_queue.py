@@ -130,7 +130,12 @@ class LocalQueue(queue.Queue):
             if n <= max_items:
                 items = list(q)
                 q.clear()
-            else:
+            elif n <= 8 * max_items:  # C-level copies beat a popleft per item
+                n, items = max_items, list(q)
+                q.clear()
+                q.extend(items[max_items:])
+                del items[max_items:]
+            else:  # a long backlog (an unbounded queue): do not copy it all
                 n, pop = max_items, q.popleft
                 items = [pop() for _ in range(n)]
             self.total_out += n
