@@ -54,7 +54,7 @@ def test_the_python_blocks_of_readme_run(no_leak):
     assert len(blocks) >= 2
     for block in blocks:
         scope: dict = {}
-        exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
+        exec(compile(block, "README.md", "exec"), scope)  # our own README
         job = scope.get("job")
         if job is not None:
             job.wait(timeout=60)

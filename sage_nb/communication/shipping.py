@@ -72,7 +72,7 @@ class Shipper:
         g = self._lane
         if g is None or not self.batching or self.watch is not None or self.closed or \
                 g.strategy == "broadcast" or \
-                not unkeyed and any(p.partition_strategy is not None for p in packets):
+                (not unkeyed and any(p.partition_strategy is not None for p in packets)):
             send = self.send
             return sum(send(p) for p in packets)
         n = len(packets)
