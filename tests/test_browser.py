@@ -171,6 +171,28 @@ def test_saved_report_opens_offline(page, tmp_path):
     assert outside == [] and page.problems == []
 
 
+def test_chained_edges_are_drawn_dashed_without_a_queue(page, tmp_path):
+    import sage_nb as snb
+    from sage_nb.inspector import Inspector
+
+    p = snb.Pipeline("chained-report")
+    p.from_iterable(range(100), name="src").map(abs, name="m").sink(name="out")
+    job = p.run(chain=True).wait(timeout=30)
+    w = Inspector(job)
+    report = w.save_html(tmp_path / "chained.html")
+    state = w.get_state()
+    w.close()
+    for show in (lambda: page.goto(report.as_uri(), wait_until="load"),   # the saved report
+                 lambda: render_with_fake_model(page, state["_esm"], state, state["_css"])):  # the widget
+        show()
+        chained = page.locator("svg.sage-graph .sage-edge.sage-chained path.sage-line")
+        assert chained.count() == 2
+        assert chained.first.evaluate("p => getComputedStyle(p).strokeDasharray") not in ("", "none")
+        labels = page.locator(".sage-edge-label .sage-load").all_text_contents()
+        assert labels == ["no queue", "no queue"]
+    assert page.problems == []
+
+
 def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
     from sage_nb.inspector import Inspector
     from sage_nb.metrics import ErrorInfo

@@ -245,6 +245,9 @@ def test_ray_runs_a_chained_plan_through_forward_queues(ray_session, no_leak):
 
 
 def test_the_inspector_shows_chained_operators_as_separate_nodes(no_leak):
+    import xml.etree.ElementTree as ET
+
+    from sage_nb.inspector.svg import graph_svg
     from sage_nb.inspector.view import graph_view
 
     snap = finished(linear(parallelism=2).run(chain=True), WAIT)
@@ -254,6 +257,9 @@ def test_the_inspector_shows_chained_operators_as_separate_nodes(no_leak):
         assert {n["id"] for n in frame["nodes"]} == nodes
         labels = Counter(e["label"] for e in frame["edges"])
         assert labels["chained"] == (2 if view == "logical" else 4), labels
+        assert {e["load_text"] for e in frame["edges"] if e["strategy"] == "chained"} == {"no queue"}
+        svg = ET.tostring(graph_svg(frame), encoding="unicode")
+        assert svg.count('stroke-dasharray="6 4"') == labels["chained"]
 
 
 def test_cancel_stops_a_chained_slow_sink_within_one_item(no_leak):

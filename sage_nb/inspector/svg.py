@@ -80,12 +80,14 @@ def graph_svg(graph: dict[str, Any], path: Collection[str] = ()) -> ET.Element:
     size = graph.get("label_size", [150, 34])
     for e in graph.get("edges", []):
         on = " sage-on-path" if e["id"] in path else ""
-        g = _sub(edges, "g", class_="sage-edge" + on, data_edge=e["id"], data_level=e["level"],
+        chained = " sage-chained" if e["strategy"] == "chained" else ""  # no queue: dashed
+        g = _sub(edges, "g", class_="sage-edge" + on + chained, data_edge=e["id"], data_level=e["level"],
                  data_pct="" if e["pct"] is None else e["pct"], data_packets=e["packets"])
         _tooltip(g, e["details"])
         width = {"green": 2, "amber": 3, "red": 4}[e["level"]]
+        dash = {"stroke_dasharray": "6 4"} if chained else {}
         _sub(g, "path", class_="sage-line", d=_curve(e["curve"]), stroke=e["stroke"], stroke_width=width,
-             fill="none")
+             fill="none", **dash)
         _sub(g, "polygon", points=" ".join(f"{x},{y}" for x, y in e["arrow"]), fill=e["stroke"])
         _label(labels, e, view, size, "sage-edge-label" + on)
     for n in graph.get("nodes", []):

@@ -145,7 +145,7 @@ def _edge(edge_id: str, source: str, target: str, strategy: str, label: str,
     queues = {c.queue_id: c for c in conns}.values()        # a queue is shared by its writers
     fullest = max(queues, key=lambda c: c.load, default=None)
     used, capacity = (fullest.used, fullest.capacity) if fullest else (0, None)
-    pct = load_percent(used, capacity)
+    pct = None if strategy == "chained" else load_percent(used, capacity)  # chained: no queue
     level = load_level(None if pct is None else pct / 100)
     packets = sum(c.packets_sent for c in conns)
     count = f"{packets} pkts" if rates.average else f"{packets} pkts · {format_rate(rate)}"
@@ -155,7 +155,7 @@ def _edge(edge_id: str, source: str, target: str, strategy: str, label: str,
         "used": used, "capacity": capacity, "load": round(fullest.load, 4) if fullest else 0.0,
         "pct": pct, "level": level, "color": LEVEL_COLORS[level],
         "stroke": EDGE_IDLE if level == "green" else LEVEL_COLORS[level],
-        "load_text": f"{pct}%" if pct is not None else f"{used} queued",
+        "load_text": "no queue" if strategy == "chained" else f"{pct}%" if pct is not None else f"{used} queued",
         "packets": packets, "rate": round(rate, 2), "text": count,
         "curve": [[_r(x), _r(y)] for x, y in route.points],
         "arrow": [[_r(x), _r(y)] for x, y in route.arrow],

@@ -153,7 +153,8 @@ function drawGraph(ui, model, st) {
     const on = path.has(ed.id);
     const picked = sel.kind === "edge" && sel.id === ed.id;
     const cls = `sage-edge${on ? " sage-on-path" : ""}${picked ? " sage-selected" : ""}` +
-      `${mark.edges.has(ed.id) ? " sage-step-edge" : ""}${mark.brkEdge === ed.id ? " sage-break-edge" : ""}`;
+      `${mark.edges.has(ed.id) ? " sage-step-edge" : ""}${mark.brkEdge === ed.id ? " sage-break-edge" : ""}` +
+      `${ed.strategy === "chained" ? " sage-chained" : ""}`;
     const width = { green: 2, amber: 3, red: 4 }[ed.level] || 2;
     const e = s("g", { class: cls, "data-edge": ed.id, "data-pct": ed.pct ?? "", "data-level": ed.level,
                        "data-packets": ed.packets });
