@@ -43,25 +43,10 @@ class Shipper:
         g = self._lane
         return g is not None and self.batching and g.strategy != "broadcast"
 
-    def bulk_lane(self) -> Connection | None:
-        """The connection every packet takes when this router batches and has a single
-        round-robin group of one instance (a task may append to its buffer directly)."""
-        g = self._lane
-        if g is None or not self.batching or g.key is not None or g.strategy != "round_robin" or \
-                len(g.connections) != 1:
-            return None
-        return g.connections[0]
-
-    def note_bulk(self, conn: Connection, packet: Any, n: int) -> None:
-        """Offer the trace one routing decision for ``n`` packets appended to ``conn`` in bulk
-        (the others count as skipped)."""
-        tr = self.tracer
-        if tr is None:
-            return
-        if packet.__class__ is Packet and tr.sample():
-            self._trace(tr, packet.seq, self.groups[0], "round_robin", None, (conn,), 0, packet.payload)
-            n -= 1
-        _skip(tr, n)
+    def skip_traced(self, n: int) -> None:
+        """Count ``n`` routing decisions that were made without being offered to the trace."""
+        if self.tracer is not None:
+            _skip(self.tracer, n)
 
     def send_many(self, packets: list[Packet], unkeyed: bool = False, clean: bool = False) -> int:
         """``send`` each packet of ``packets`` in order (same routing, same counters); returns the

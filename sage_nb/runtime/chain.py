@@ -39,12 +39,6 @@ class Inlet:
         finally:  # not the sender's own work: its busy time leaves it out
             self.sender.chained_time += time.perf_counter() - start
 
-    def qsize(self) -> int:
-        return 0
-
-    def empty(self) -> bool:
-        return True
-
     def __repr__(self) -> str:
         return f"Inlet({self.sender.ctx.name} -> {self.task.ctx.name})"
 
@@ -61,5 +55,5 @@ def link(tasks: dict[str, BaseTask]) -> list[BaseTask]:
         up = tasks[sender]
         conn = next(c for c in up.router.connections if c.target_name == task.ctx.name)
         conn._queue = conn.receiver = Inlet(task, up)
-        up.chain_next = task
+        up.chain_next, up.chain_conn = task, conn
     return heads

@@ -149,9 +149,9 @@ class BaseTask:
         self.current: Any = None   # the packet being processed when user code raised
         self.error: BaseException | None = None
         self._closers: list[Callable[[], Any]] = []
-        self._bulk: Any = None   # the connection a map/filter appends its outputs to, if it can
         # chain=True: the task this one runs inside its own (``feed``), and the time spent there
         self.chain_next: BaseTask | None = None
+        self.chain_conn: Any = None   # the connection to it
         self.chained_time = 0.0
         self._process: Callable[[Packet], None] | None = None
         self._fast: Callable[[list[Packet]], None] | None = None   # a whole batch in one loop
@@ -238,8 +238,7 @@ class BaseTask:
             return
         finally:
             self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - chained)
-        if items[0].__class__ is not StopSignal:
-            self.last = [m.payload for m in items[-5:] if m.__class__ is not StopSignal] or self.last
+        self.last = [m.payload for m in items[-5:] if m.__class__ is not StopSignal] or self.last
         if expected:
             self.state = "idle"
             return
@@ -281,11 +280,8 @@ class BaseTask:
         if t is None:
             self.router.send_many(Packet.fresh_many(items), True, True)
             return
-        conn = self.router._conns[0]  # the chained connection: the only one
-        conn.packets_sent += len(items)
-        tr = self.router.tracer
-        if tr is not None and hasattr(tr, "skipped"):  # routing decisions not recorded
-            tr.skipped += len(items)
+        self.chain_conn.packets_sent += len(items)  # type: ignore[union-attr]
+        self.router.skip_traced(len(items))  # routing decisions not recorded
         start = time.perf_counter()
         try:
             t.take(items)
@@ -503,9 +499,6 @@ class BaseTask:
     def _make_process(self, fn: Any) -> Callable[[Packet], None]:
         kind, send = self.ctx.kind, self.router.send
         self._fast = self._batch_process(kind, fn)
-        bulk = self._bulk_process(kind, fn)
-        if bulk is not None:  # it counts keys itself
-            return bulk
         if kind == "sink":
             if fn is None:
                 append = self.results.append  # type: ignore[union-attr]
@@ -550,38 +543,6 @@ class BaseTask:
                 counts[key] = 1
             inner(p)
         return keyed
-
-    def _bulk_process(self, kind: str, fn: Any) -> Callable[[Packet], None] | None:
-        """For a map or filter whose router sends everything on one round-robin connection:
-        route by appending to that connection's buffer (the flusher can ship it), no call."""
-        router = self.router
-        c = router.bulk_lane() if kind in ("map", "filter") else None
-        if c is None:
-            return None
-        self._bulk = c
-        send, ship, buf, limit, ti = router.send, router._ship, c.batch, c.batch_limit, c.target_input_index
-        ctx, counts, keyed, is_map = self.ctx, self.key_counts, self.ctx.keyed_input, kind == "map"
-
-        def process(p: Packet) -> None:  # one call per packet: key counts, user function, routing
-            if keyed:
-                key = ctx.current_key = p.partition_key
-                if key in counts:
-                    counts[key] += 1
-                elif len(counts) < KEY_CAP:
-                    counts[key] = 1
-            if is_map:
-                p.payload = fn(p.payload)
-            elif not fn(p.payload):
-                return
-            p.partition_strategy = None
-            if router.watch is not None:  # breakpoints: every packet through send()
-                send(p)
-                return
-            p.partition_key, p.input_index = None, ti
-            buf.append(p)
-            if len(buf) >= limit:
-                ship(c)
-        return process
 
     def _run_input(self, process: Callable[[Packet], None]) -> None:
         ctx, control, router = self.ctx, self.control, self.router
@@ -646,8 +607,6 @@ class BaseTask:
             raise
         finally:
             self.packets_in += n
-            if self._bulk is not None and n:
-                self.router.note_bulk(self._bulk, msg, n)
 
     def _batch_process(self, kind: str, fn: Any) -> Callable[[list[Packet]], None] | None:
         """A map, filter or sink over a list of packets in one loop, routed with one
@@ -666,7 +625,6 @@ class BaseTask:
             try:
                 if collect is not None and not keyed:
                     collect([p.payload for p in batch])
-                    p = None
                 else:
                     if kind == "filter":
                         out = []
@@ -690,9 +648,8 @@ class BaseTask:
                             fn(p.payload)
                     if collect is not None:
                         collect([p.payload for p in batch])
-                        p = None
             except BaseException:
-                k = self._at = next(i for i, m in enumerate(batch) if m is p)
+                k = self._at = next((i for i, m in enumerate(batch) if m is p), 0)
                 self.packets_in += k
                 if kind != "sink":  # what was processed before is routed, as packet by packet
                     with contextlib.suppress(Cancelled, QueueShutDown):
