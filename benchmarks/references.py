@@ -6,6 +6,7 @@ ratio to these references measured moments before (see the project's performance
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -22,9 +23,12 @@ def identity(x):
 
 
 def fused(n: int) -> float:
-    """generator source -> map function -> sink function, no queues: the ceiling."""
-    out = []
-    sink = out.append
+    """generator source -> map function -> sink function, no queues: the ceiling (the
+    reference benchmark's ``fused_int``: the sink is a Python function that counts, as sage_nb's is here)."""
+    count = [0]
+
+    def sink(_):
+        count[0] += 1
 
     def source():
         yield from range(n)
@@ -32,7 +36,9 @@ def fused(n: int) -> float:
     t0 = time.perf_counter()
     for x in source():
         sink(inc(x))
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    assert count[0] == n
+    return dt
 
 
 def pipeline3(n: int, maxsize: int = 10000) -> float:
@@ -66,6 +72,43 @@ def pipeline3(n: int, maxsize: int = 10000) -> float:
     dt = time.perf_counter() - t0
     for t in threads:
         t.join()
+    return dt
+
+
+def pipeline3_batched(n: int, batch: int = 256, maxsize: int = 64) -> float:
+    """pipeline3 with lists of ``batch`` items as queue entries (the reference
+    benchmark's ``batched_pipeline3``): what three threads reach under the GIL with no packet, routing or
+    counting at all: the batched thread reference."""
+    q1, q2 = queue.Queue(maxsize), queue.Queue(maxsize)
+    got = [0]
+
+    def src():
+        put, it = q1.put, iter(range(n))
+        while chunk := list(itertools.islice(it, batch)):
+            put(chunk)
+        put(STOP)
+
+    def mp():
+        get, put = q1.get, q2.put
+        while (b := get()) is not STOP:
+            put([inc(x) for x in b])
+        put(STOP)
+
+    def snk():
+        get, c = q2.get, 0
+        while (b := get()) is not STOP:
+            for _ in b:
+                c += 1
+        got[0] = c
+
+    threads = [threading.Thread(target=f) for f in (snk, mp, src)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dt = time.perf_counter() - t0
+    assert got[0] == n
     return dt
 
 

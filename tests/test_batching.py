@@ -75,3 +75,48 @@ def test_counters_are_exact_and_queues_count_packets_with_batching(no_leak):
     assert sorted(job.results("out")) == list(range(1000))
     assert sum(c.packets_sent for c in snap.connections if c.target_operator == "out") == 1000
     assert all(t.queue.peak <= 100 for t in snap.tasks if t.queue is not None)
+
+
+def test_bundled_packets_keep_their_trace_id_hop_after_hop(no_leak):
+    """By default an in-memory source's packets travel as bundles (no packet objects between
+    tasks); a packet keeps its trace id through map and filter, so the inspector can follow it."""
+    from sage_nb.inspector.tables import packet_path
+
+    p = snb.Pipeline("bundle-trace")
+    p.from_iterable(range(600), name="src").map(abs, name="m").filter(lambda x: x % 2 == 0, name="even") \
+        .sink(name="out")
+    snap = finished(p.run())
+    traced: dict[str, set[int]] = {}
+    for d in snap.trace:
+        traced.setdefault(d.sender, set()).add(d.seq)
+    first = min(traced["src[0]"])
+    assert first in traced["m[0]"] and first in traced["even[0]"]
+    assert packet_path(snap, first, "logical") == ["src->m", "m->even", "even->out"]
+    assert snap.trace_skipped == 3 * 600 // 2 + 600 - len(snap.trace)   # every decision is counted
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on(no_leak, parallelism):
+    def check(x):
+        if x == 700:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    p = snb.Pipeline("bundle-error")
+    p.from_iterable(range(1000), name="src").map(check, name="m", parallelism=parallelism).sink(name="out")
+    job = p.run()
+    with pytest.raises(snb.JobFailed) as info:
+        job.wait(timeout=30)
+    e = info.value
+    assert e.node == "m" and str(e.packet).endswith(" 700") and str(e.packet).startswith("#")
+    assert str(e.__cause__) == "bad item 700"
+    snap = job.snapshot()
+    failed = snap.task(e.instance)
+    assert failed.state == "failed"
+    if parallelism == 1:
+        assert job.results("out") == list(range(700)), "exactly the items before the failure"
+    else:
+        assert 700 not in job.results("out") and set(job.results("out")) <= set(range(1000))
+    # every packet the failed instance was sent: processed, the one it failed on, discarded or queued
+    sent = sum(c.packets_sent for c in snap.connections if c.target == e.instance)
+    assert failed.packets_in + 1 + failed.unprocessed + failed.queue.used == sent

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sage_nb.communication import LocalQueue, QueueShutDown, QueueStats
+from sage_nb.communication import Bundle, LocalQueue, QueueShutDown, QueueStats
 from sage_nb.testing import wait_for
 
 
@@ -215,3 +215,43 @@ def test_get_many_takes_in_order_whatever_the_backlog(backlog):
         got += batch
     assert got == list(range(backlog))
     assert q.statistics().total_out == backlog
+
+
+def test_a_bundle_is_one_entry_that_counts_its_packets():
+    q = LocalQueue(maxsize=5)
+    q.put("a")
+    b = Bundle.fresh(["b", "c", "d"])
+    q.put_bundle(b)
+    assert q.qsize() == 4 and not q.full()
+    assert q.statistics() == QueueStats(used=4, capacity=5, peak=4, total_in=4, total_out=0)
+    assert [getattr(m, "payload", m) for m in q.peek()] == ["a", "b", "c", "d"]   # packets, not entries
+    assert [m.seq for m in q.peek()[1:]] == list(b.seqs)
+    with pytest.raises(queue.Full):
+        q.put_bundle(Bundle.fresh(["e", "f"]), False)     # room for one packet, not for two
+    q.put("e")
+    assert q.full() and q.get_many(2) == ["a", b]          # a bundle comes whole, past max_items
+    assert q.statistics() == QueueStats(used=1, capacity=5, peak=5, total_in=5, total_out=4)
+
+
+def test_a_bundle_waits_for_room_for_all_its_packets_and_shutdown_wakes_it():
+    q = LocalQueue(maxsize=3)
+    q.put(1)
+    q.put(2)
+    call = Blocked(lambda: q.put_bundle(Bundle.fresh(["x", "y"])))
+    wait_for(lambda: _waiters(q.not_full) == 1, 5)
+    assert q.get() == 1                 # room for all of it
+    call.join()
+    assert call.error is None and q.qsize() == 3
+    call = Blocked(lambda: q.put_bundle(Bundle.fresh(["z"])))
+    wait_for(lambda: _waiters(q.not_full) == 1, 5)
+    q.shutdown()
+    call.join()
+    assert isinstance(call.error, QueueShutDown) and q.qsize() == 3
+
+
+def test_a_bundle_larger_than_the_queue_enters_it_when_empty():
+    q = LocalQueue(maxsize=2)
+    q.put_bundle(Bundle.fresh([1, 2, 3]), False)
+    assert q.qsize() == 3 and q.full()
+    with pytest.raises(queue.Full):
+        q.put(4, False)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_router import Background, ListTracer, group, payloads
 
-from sage_nb.communication import BaseRouter, Packet, StopSignal
+from sage_nb.communication import BaseRouter, Bundle, Packet, StopSignal
 from sage_nb.errors import Cancelled, DeliveryError
 from sage_nb.testing import wait_for
 
@@ -202,3 +202,77 @@ def test_the_flusher_ships_what_waited_longer_than_linger():
         done.set()
         flusher.join(5)
     assert payloads(g) == [["lonely"]]
+
+
+@given(strategy=st.sampled_from(["round_robin", "hash", "broadcast"]), n=st.integers(1, 4),
+       batch_size=st.integers(2, 9), input_index=st.integers(0, 1),
+       sizes=st.lists(st.integers(0, 40), max_size=6), singles=st.lists(st.booleans(), max_size=6))
+def test_a_bundle_routes_orders_and_counts_as_its_packets_one_by_one(strategy, n, batch_size, input_index,
+                                                                      sizes, singles):
+    """Bundles (and single packets between them) reach the same queues in the same order, with
+    the same trace ids, input and counters as the same packets sent one by one; the trace is
+    offered each bundle's first decision, the one the packet would have had."""
+    x, bundles = 0, []
+    for size in sizes:
+        bundles.append(Bundle.fresh(list(range(x, x + size))))
+        x += size
+
+    def run(one_by_one: bool) -> tuple[list, list, list]:
+        g = group(0, "t", strategy, n, input_index=input_index,
+                  key=(lambda v: v % 5) if strategy == "hash" else None)
+        r = router(g, batch_size=batch_size)   # a bundle longer than batch_size goes in pieces
+        r.tracer = ListTracer()
+        for i, b in enumerate(bundles):
+            if one_by_one:
+                for p in b.packets():
+                    r.send(p)
+            else:
+                deliveries = r.send_bundle(Bundle(b.payloads[:], b.seqs, b.created))
+                assert deliveries == len(b) * (n if strategy == "broadcast" else 1)
+            if i < len(singles) and singles[i]:
+                r.send(Packet(-i, seq=-i))
+        r.send_stop_signal()
+        queued = [[(m.payload, m.seq, m.input_index) if isinstance(m, Packet) else m
+                   for m in c.queue.peek(10**6)] for c in g.connections]
+        decisions = {d.seq: (d.strategy, d.chosen) for d in r.tracer.decisions}
+        return queued, decisions, [(c.packets_sent, c.stops_sent) for c in r.connections]
+
+    queued, decisions, counts = run(False)
+    queued_1, decisions_1, counts_1 = run(True)
+    assert (queued, counts) == (queued_1, counts_1)
+    assert decisions.items() <= decisions_1.items()
+    assert {b.seqs[0] for b in bundles if b} <= set(decisions)
+
+
+def test_a_bundle_waits_for_room_cancellably_and_fails_after_put_timeout():
+    r, c = _full(maxsize=2, put_timeout=0.05)
+    with pytest.raises(DeliveryError, match=r"src\[0\] -> m\[0\]: .*put_timeout=0\.05"):
+        r.send_bundle(Bundle.fresh(["x", "y"]))     # room for one: the bundle waits for two
+    assert c.packets_sent == 0 and c.queue.qsize() == 1 and not r.blocked
+
+    cancel = threading.Event()
+    r, c = _full(maxsize=2, cancel=cancel)
+    call = Background(lambda: r.send_bundle(Bundle.fresh(["x", "y"])))
+    wait_for(lambda: r.blocked, timeout=5)
+    assert c.queue.get() == "filler"
+    call.join()
+    assert call.error is None and c.packets_sent == 2 and [p.payload for p in c.queue.peek()] == ["x", "y"]
+
+    r, c = _full(maxsize=2, cancel=(cancel := threading.Event()))
+    call = Background(lambda: r.send_bundle(Bundle.fresh(["x", "y"])))
+    wait_for(lambda: r.blocked, timeout=5)
+    cancel.set()
+    call.join()
+    assert isinstance(call.error, Cancelled) and c.packets_sent == 0
+
+
+def test_bundles_go_as_packets_to_a_breakpoint_a_hash_group_or_a_queue_of_its_own_kind():
+    g = group(0, "m", "round_robin", 2)
+    r = router(g, batch_size=8)
+    assert r.bundles()
+    r.watch = lambda c, p: None
+    assert not r.bundles()
+    r.send_bundle(Bundle.fresh(["a", "b"]))
+    assert all(isinstance(m, Packet) for c in g.connections for m in c.queue.queue)
+    assert not router(group(0, "m", "hash", 2, key=len), batch_size=8).bundles()
+    assert not router(group(0, "m", "round_robin", 2), batch_size=1).bundles()

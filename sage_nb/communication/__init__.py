@@ -2,7 +2,7 @@
 
 from .connection import Connection
 from .local_queue import LocalQueue, QueueShutDown, QueueStats
-from .packet import Packet, StopSignal
+from .packet import Bundle, Packet, StopSignal
 from .partition import partition, stable_hash
 from .queue_descriptor import BaseQueueDescriptor, PythonQueueDescriptor
 from .ray_queue import RayQueueDescriptor
@@ -13,6 +13,7 @@ __all__ = [
     "BaseQueueDescriptor",
     "BaseRouter",
     "BroadcastGroup",
+    "Bundle",
     "Connection",
     "LocalQueue",
     "Packet",

@@ -1,5 +1,8 @@
 """``LocalQueue``: a ``queue.Queue`` that counts, drains in batches and can be shut down.
 
+It holds packets, stop signals and :class:`~sage_nb.communication.packet.Bundle` entries (many
+packets as one entry); sizes, room and statistics count packets.
+
 The stdlib's blocking ``put``/``get`` wait forever on Python 3.11 (``Queue.shutdown``
 arrived in 3.13). ``LocalQueue.shutdown()`` wakes every blocked caller with
 :class:`QueueShutDown`, which is how a stopping job cancels producers blocked on a
@@ -20,6 +23,8 @@ import queue
 from dataclasses import asdict, dataclass
 from time import monotonic
 from typing import Any
+
+from .packet import Bundle
 
 __all__ = ["LocalQueue", "QueueShutDown", "QueueStats"]
 
@@ -55,22 +60,38 @@ class LocalQueue(queue.Queue):
         self.peak = 0
         self.total_in = 0
         self.total_out = 0
+        self.size = 0      # packets held (a Bundle entry holds several)
+        self.bundles = 0   # Bundle entries held
         self.is_shutdown = False
         self.getters = 0   # threads blocked in get/get_many
+        self.putters = 0   # threads blocked in put/put_bundle/wait_room
         # a reader waits and no put has woken it yet: a hint for batching producers (read unlocked)
         self.hungry = False
 
     # -- the stdlib hooks, called with the mutex held
+    def _qsize(self) -> int:
+        return self.size
+
     def _put(self, item: Any) -> None:
         self.queue.append(item)
-        self.total_in += 1
-        n = len(self.queue)
+        k = 1
+        if item.__class__ is Bundle:
+            k = len(item)
+            self.bundles += 1
+        self.total_in += k
+        n = self.size = self.size + k
         if n > self.peak:
             self.peak = n
 
     def _get(self) -> Any:
-        self.total_out += 1
-        return self.queue.popleft()
+        item = self.queue.popleft()
+        k = 1
+        if item.__class__ is Bundle:
+            k = len(item)
+            self.bundles -= 1
+        self.total_out += k
+        self.size -= k
+        return item
 
     def _wait(self, cond, ready, block: bool, timeout: float | None, exc: type) -> None:
         """Wait on ``cond`` until ``ready()``; raise ``exc`` (Full/Empty) or QueueShutDown."""
@@ -85,6 +106,7 @@ class LocalQueue(queue.Queue):
         end = None if timeout is None else monotonic() + timeout
         getting = cond is self.not_empty
         self.getters += getting
+        self.putters += not getting
         try:
             while not ready():
                 remaining = None if end is None else end - monotonic()
@@ -96,16 +118,17 @@ class LocalQueue(queue.Queue):
                     raise QueueShutDown("queue was shut down: its job is stopping")
         finally:
             self.getters -= getting
+            self.putters -= not getting
             if getting:
                 self.hungry = False
 
     def _has_room(self) -> bool:
-        return self.maxsize <= 0 or len(self.queue) < self.maxsize
+        return self.maxsize <= 0 or self.size < self.maxsize
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``item``, waiting for room like ``queue.Queue.put``; QueueShutDown after shutdown()."""
         with self.not_full:
-            if self.is_shutdown or 0 < self.maxsize <= len(self.queue):
+            if self.is_shutdown or 0 < self.maxsize <= self.size:
                 self._wait(self.not_full, self._has_room, block, timeout, queue.Full)
             self._put(item)
             self.unfinished_tasks += 1
@@ -118,14 +141,18 @@ class LocalQueue(queue.Queue):
         with self.not_empty:
             self._wait(self.not_empty, self.queue.__len__, block, timeout, queue.Empty)
             item = self._get()
-            self.not_full.notify()
+            if self.putters:  # nobody waits: no wake-up to send
+                self.not_full.notify()
             return item
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
-        """Wait for at least one item, then remove and return up to ``max_items`` of them."""
+        """Wait for at least one item, then remove and return up to ``max_items`` of them
+        (entries: a Bundle counts its packets, and comes whole, even past ``max_items``)."""
         with self.not_empty:
             self._wait(self.not_empty, self.queue.__len__, block, timeout, queue.Empty)
             q = self.queue
+            if self.bundles:
+                return self._get_entries(max_items)
             n = len(q)
             if n <= max_items:
                 items = list(q)
@@ -139,8 +166,35 @@ class LocalQueue(queue.Queue):
                 n, pop = max_items, q.popleft
                 items = [pop() for _ in range(n)]
             self.total_out += n
-            self.not_full.notify(n)
+            self.size -= n
+            if self.putters:
+                self.not_full.notify(n)
             return items
+
+    def _get_entries(self, max_items: int) -> list:
+        """get_many's loop when Bundles are queued: whole entries, up to ``max_items`` packets."""
+        q, items, taken, get = self.queue, [], 0, self._get
+        while q and taken < max_items:
+            before = self.size
+            items.append(get())
+            taken += before - self.size
+        if self.putters:
+            self.not_full.notify(taken)
+        return items
+
+    def put_bundle(self, bundle: Bundle, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``bundle`` as one entry once there is room for all its packets (for any of them
+        when the queue is empty, so a bundle larger than ``maxsize`` cannot wait forever)."""
+        n = len(bundle)
+        with self.not_full:
+            if self.is_shutdown or 0 < self.maxsize < self.size + n:
+                self._wait(self.not_full, lambda: not self.size or self.size + n <= self.maxsize,
+                           block, timeout, queue.Full)
+            self._put(bundle)
+            self.unfinished_tasks += 1
+            self.hungry = False
+            if self.getters:
+                self.not_empty.notify()
 
     def put_many(self, items: list, block: bool = True, timeout: float | None = None) -> None:
         """Put every item in order, as many at a time as there is room for (backpressure
@@ -162,7 +216,7 @@ class LocalQueue(queue.Queue):
             if self.is_shutdown:
                 raise QueueShutDown("queue was shut down: its job is stopping")
             q = self.queue
-            room = len(items) - start if self.maxsize <= 0 else self.maxsize - len(q)
+            room = len(items) - start if self.maxsize <= 0 else self.maxsize - self.size
             if room <= 0:
                 return start
             end = min(len(items), start + room)
@@ -170,8 +224,9 @@ class LocalQueue(queue.Queue):
             k = end - start
             self.total_in += k
             self.unfinished_tasks += k
-            if len(q) > self.peak:
-                self.peak = len(q)
+            size = self.size = self.size + k
+            if size > self.peak:
+                self.peak = size
             self.hungry = False
             if self.getters:
                 self.not_empty.notify(k)
@@ -194,12 +249,17 @@ class LocalQueue(queue.Queue):
             self.not_full.notify_all()
 
     def peek(self, n: int = 20) -> list:
-        """The ``n`` oldest items, without removing them."""
+        """The ``n`` oldest items (packets, stop signals), without removing them."""
+        out: list = []
         with self.mutex:
-            return [self.queue[i] for i in range(min(n, len(self.queue)))]
+            for item in self.queue:
+                if len(out) >= n:
+                    break
+                out.extend(item.packets()[:n - len(out)] if item.__class__ is Bundle else (item,))
+        return out
 
     def statistics(self) -> QueueStats:
         """used, capacity, peak, total in and total out, read under the queue's lock."""
         with self.mutex:
-            return QueueStats(len(self.queue), self.maxsize or None, self.peak,
+            return QueueStats(self.size, self.maxsize or None, self.peak,
                               self.total_in, self.total_out)

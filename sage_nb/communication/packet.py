@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress, islice
 from typing import Any
 
-__all__ = ["STRATEGIES", "Packet", "StopSignal"]
+__all__ = ["STRATEGIES", "Bundle", "Packet", "StopSignal"]
 
 STRATEGIES = ("round_robin", "hash", "broadcast")
 _UNSET: Any = object()
@@ -151,3 +153,65 @@ class StopSignal:
     def name(self) -> str:
         """SAGE's name for the sender."""
         return self.sender
+
+
+class Bundle:
+    """Unkeyed packets for one input, by column: what a batching router ships between the
+    tasks of a threads job when no packet object is needed (``len()`` packets, one queue
+    entry). ``seqs`` are the packets' trace ids (a ``range`` for fresh ones) and
+    ``created`` their common origin time. A receiver that needs packets asks :meth:`packets`.
+
+    >>> b = Bundle.fresh(["a", "b", "c"])
+    >>> len(b), [p.payload for p in b.packets()] == ["a", "b", "c"], b.seqs[1] == b.seqs[0] + 1
+    (3, True, True)
+    >>> [p.payload for p in b.pick(slice(1, None, 2)).packets()], len(b.keep([1, 0, 1]))
+    (['b'], 2)
+    """
+
+    __slots__ = ("created", "input_index", "payloads", "seqs")
+
+    def __init__(self, payloads: list[Any], seqs: Sequence[int], created: float, input_index: int = 0) -> None:
+        self.payloads, self.seqs, self.created, self.input_index = payloads, seqs, created, input_index
+
+    @classmethod
+    def fresh(cls, payloads: list[Any]) -> Bundle:
+        """New packets for ``payloads``: consecutive trace ids (taken at once), created now."""
+        n = len(payloads)
+        if not n:
+            return cls(payloads, range(0), _monotonic())
+        last = next(islice(_seq, n - 1, None))  # C-level: no other thread takes an id between
+        return cls(payloads, range(last - n + 1, last + 1), _monotonic())
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def pick(self, where: slice) -> Bundle:
+        """The packets at ``where`` (a slice), in order."""
+        return Bundle(self.payloads[where], self.seqs[where], self.created, self.input_index)
+
+    def keep(self, mask: list[Any]) -> Bundle:
+        """The packets whose ``mask`` entry is true, in order (a filter's output)."""
+        return Bundle(list(compress(self.payloads, mask)), list(compress(self.seqs, mask)),
+                      self.created, self.input_index)
+
+    def with_payloads(self, payloads: list[Any]) -> Bundle:
+        """The same packets carrying ``payloads`` (a map's output: one result per packet)."""
+        return Bundle(payloads, self.seqs, self.created, self.input_index)
+
+    def packet(self, i: int) -> Packet:
+        """Packet ``i`` as an object."""
+        return _rebuild(self.payloads[i], self.input_index, None, None, self.seqs[i], self.created)
+
+    def packets(self) -> list[Packet]:
+        """Every packet as an object, in order."""
+        new, out, created, index = _new, [], self.created, self.input_index
+        append = out.append
+        for x, seq in zip(self.payloads, self.seqs, strict=True):
+            p = new(Packet)
+            p.payload, p.input_index, p.partition_key, p.partition_strategy = x, index, None, None
+            p.seq, p.created = seq, created
+            append(p)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Bundle({len(self)} packets from #{self.seqs[0] if len(self) else '-'}, input={self.input_index})"

@@ -131,6 +131,7 @@ class BaseRouter(Shipper):
         own = type(self)._put is BaseRouter._put
         self._lane = self.groups[0] if own and len(self.groups) == 1 else None
         self._owners: dict[Any, int] = {}  # key -> instance, for the lane's hash partitioning
+        self._bundling: bool | None = None  # whether bundles can go (decided at the first one)
         for c in self._conns:
             c.batch = []
             # a batch never exceeds its queue: a small queue keeps the pipeline short

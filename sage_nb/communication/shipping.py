@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Cancelled
 from .connection import EAGER, Connection
 from .local_queue import LocalQueue, QueueShutDown
-from .packet import Packet, StopSignal
+from .packet import Bundle, Packet, StopSignal
 from .partition import partition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +35,7 @@ class Shipper:
 
     batching: bool
     ship_lock: Any
+    _bundling: bool | None
     _conns: tuple[Connection, ...]
     _lane: Any
 
@@ -82,6 +83,83 @@ class Shipper:
         finally:
             self.tracer = tr
         return n
+
+    def send_bundle(self, b: Bundle) -> int:
+        """``send_many(b.packets(), True, True)`` for a :class:`Bundle` of unkeyed packets for
+        input 0. Through one round-robin group of in-process queues it stays a bundle: each
+        instance gets its share (the packets it would get one by one, in order) as one entry;
+        the trace is offered the first decision. Elsewhere it travels as packets. Returns the
+        deliveries."""
+        n = len(b)
+        if not self.bundles():
+            return self.send_many(b.packets(), True, True) if n else 0
+        if not n:
+            return 0
+        g, rr, tr = self._lane, self.rr, self.tracer
+        conns = g.connections
+        size, first = len(conns), rr[0]
+        rr[0] = (first + 1) % size
+        if tr is not None:
+            if tr.sample():
+                self._trace(tr, b.seqs[0], g, "round_robin", None, (conns[first],), first, b.payloads[0])
+            _skip(tr, n - 1)
+        rr[0] = (first + n) % size
+        for j, c in enumerate(conns):
+            part = b if size == 1 else b.pick(slice((j - first) % size, None, size))
+            if part:
+                part.input_index = c.target_input_index
+                self._ship_bundle(c, part)
+        return n
+
+    def bundles(self) -> bool:
+        """Whether :meth:`send_bundle` sends bundles now: one round-robin group of in-process
+        queues read by tasks of their own, batching on, no breakpoint watching."""
+        ok = self._bundling
+        if ok is None:
+            g = self._lane
+            ok = self._bundling = g is not None and self.batching and g.key is None and \
+                g.strategy == "round_robin" and \
+                all(not c.chained and _fast_queue(c.queue) for c in g.connections)
+        return ok and self.watch is None and not self.closed
+
+    def _ship_bundle(self, conn: Connection, b: Bundle) -> None:
+        """Deliver ``b`` after what waits in ``conn``'s buffer, in entries of at most
+        ``batch_limit`` packets (a queue of that capacity can take each one)."""
+        if conn.batch:
+            self._ship(conn)
+        limit, n = conn.batch_limit, len(b)
+        for i in range(0, n, limit):
+            piece = b if n <= limit else b.pick(slice(i, i + limit))
+            with self.ship_lock:
+                q = conn.queue
+                try:
+                    q.put_bundle(piece, False)
+                except queue.Full:
+                    self._put_bundle_blocking(conn, q, piece)
+                except QueueShutDown:
+                    raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+                conn.packets_sent += len(piece)
+                conn.batches_sent += 1
+
+    def _put_bundle_blocking(self, conn: Connection, q: Any, b: Bundle) -> None:
+        start = time.monotonic()
+        self.blocked = True
+        try:
+            while True:
+                waited = self._still_waiting(conn, start)
+                wait = self.poll_interval
+                if self.put_timeout is not None:
+                    wait = max(0.0, min(wait, self.put_timeout - waited))
+                try:
+                    q.put_bundle(b, True, wait)
+                    return
+                except queue.Full:
+                    continue
+                except QueueShutDown:
+                    raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+        finally:
+            self.blocked = False
+            self.blocked_time += time.monotonic() - start
 
     def _hash_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
         conns, keyfn, size = g.connections, g.key, len(g.connections)

@@ -18,7 +18,7 @@ from itertools import compress, islice
 from typing import Any, Protocol
 
 from ..communication.local_queue import QueueShutDown
-from ..communication.packet import Packet, StopSignal
+from ..communication.packet import Bundle, Packet, StopSignal
 from ..communication.router import BaseRouter
 from ..errors import Cancelled, ProtocolError
 from .context import TaskContext
@@ -213,7 +213,6 @@ class BaseTask:
         try:
             fn = self._open()
             self._process = self._make_process(fn)
-            self._lean_fn = fn
             self.state = "idle"
         except BaseException as exc:
             self._failed(exc)
@@ -229,7 +228,7 @@ class BaseTask:
         start, blocked, chained = perf(), router.blocked_time, self.chained_time
         self.state = "busy"
         try:
-            self._handle(items, process)
+            self._handle(items, process, set(map(type, items)))
         except (Cancelled, QueueShutDown):
             self._leftover = items[self._at:]
             raise  # the job stops: so does the task this one runs in
@@ -386,7 +385,7 @@ class BaseTask:
                         if msg.__class__ is StopSignal:
                             self._on_stop(msg, self._expected, self._seen)
                         else:
-                            self.discarded += 1
+                            self.discarded += len(msg) if msg.__class__ is Bundle else 1
                     if self._expected:
                         batch = q.get_many(BATCH_MAX)
             if not self.router.closed:
@@ -498,7 +497,9 @@ class BaseTask:
                 if control.cancel.is_set():
                     raise Cancelled(f"{self.ctx.name}: job stopping")
                 break
-            chunk = list(islice(items, 1 if router.watch is not None else size))
+            bundles = not lean and router.bundles()
+            chunk = list(islice(items, 1 if router.watch is not None else
+                                router.batch_size if bundles else size))
             if not chunk:
                 break
             self.current = chunk[-1]
@@ -506,7 +507,10 @@ class BaseTask:
                 self.packets_in += len(chunk)
                 self.emit(chunk)
                 continue
-            router.send_many(fresh_many(chunk), True, True)
+            if bundles:  # no packet object: the chunk travels as one entry per queue
+                router.send_bundle(Bundle.fresh(chunk))
+            else:
+                router.send_many(fresh_many(chunk), True, True)
             self.packets_in += len(chunk)
         self.current = None
 
@@ -514,6 +518,7 @@ class BaseTask:
     def _make_process(self, fn: Any) -> Callable[[Packet], None]:
         kind, send = self.ctx.kind, self.router.send
         self._fast = self._batch_process(kind, fn)
+        self._lean_fn = fn
         if kind == "sink":
             if fn is None:
                 append = self.results.append  # type: ignore[union-attr]
@@ -567,6 +572,8 @@ class BaseTask:
         get_many = q.get_many
         batching = router.batching
         chained = self.chain_next is not None
+        # bundles go through the user function without packets: a map, filter or sink of unkeyed data
+        lean = self.ctx.kind in ("map", "filter", "sink") and not ctx.keyed_input
         while expected:
             self.state = "draining" if seen else "idle"
             if chained:  # the chained operators process what the last batch produced
@@ -581,13 +588,21 @@ class BaseTask:
                 self._wait_paused()
             self.state = "busy"
             start, blocked, inner = perf(), router.blocked_time, self.chained_time
+            types = set(map(type, batch))
             try:
-                self._handle(batch, process)
+                if Bundle in types:
+                    if types == _BUNDLES and lean:
+                        self._take_bundles(batch)
+                        continue
+                    batch = [p for m in batch for p in (m.packets() if m.__class__ is Bundle else (m,))]
+                    types = set(map(type, batch))
+                self._handle(batch, process, types)
             except BaseException as exc:
                 pos = self._at
-                self.current = batch[pos] if pos < len(batch) else None
-                # still to account for (stop signals among them); a cancel left that one untouched
-                self._leftover = batch[pos if isinstance(exc, Cancelled) else pos + 1:]
+                if pos >= 0:  # (a bundle accounted for itself)
+                    self.current = batch[pos] if pos < len(batch) else None
+                    # still to account for (stop signals among them); a cancel left that one untouched
+                    self._leftover = batch[pos if isinstance(exc, Cancelled) else pos + 1:]
                 raise
             finally:
                 self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - inner)
@@ -596,11 +611,11 @@ class BaseTask:
             raise ProtocolError(f"{ctx.name}: {q.qsize()} packet(s) arrived after the end of stream "
                                 f"of every input")
 
-    def _handle(self, batch: list[Any], process: Callable[[Packet], None]) -> None:
-        """Process ``batch`` (packets and stop signals) in order, counting ``packets_in``; when
-        it raises, ``self._at`` is the index of the message it was on."""
+    def _handle(self, batch: list[Any], process: Callable[[Packet], None], types: set[type]) -> None:
+        """Process ``batch`` (packets and stop signals; ``types``: their classes) in order,
+        counting ``packets_in``; when it raises, ``self._at`` is the index of the message it was on."""
         expected = self._expected
-        if self._fast is not None and expected and StopSignal not in map(type, batch) and \
+        if self._fast is not None and expected and StopSignal not in types and \
                 self.router.watch is None and not self.control.cancelled:
             self._fast(batch)  # data only, no breakpoint: one loop for the batch
             return
@@ -678,6 +693,47 @@ class BaseTask:
                 send_many(out, True, clean)
         return run
 
+    def _take_bundles(self, batch: list[Bundle]) -> None:
+        """Bundles through a map, filter or sink: the user function over each bundle's payloads
+        (:meth:`_apply`), the results on as a bundle with the same trace ids. When it raises,
+        ``current`` is the packet it was on and ``_leftover`` what remains (``_at`` is -1)."""
+        kind, fn = self.ctx.kind, self._lean_fn
+        for i, b in enumerate(batch):
+            items, done = b.payloads, []
+            if not self._expected:
+                self._at, self._leftover = -1, batch[i:]
+                raise ProtocolError(f"{self.ctx.name}: received data after the end of stream of "
+                                    f"every input ({len(self._seen)} stop signals)")
+            try:
+                if kind == "sink" and fn is None:  # a collecting sink
+                    self.results.extend(items)  # type: ignore[union-attr]
+                else:
+                    self._apply(fn, items, done)
+            except BaseException as exc:
+                k = len(done)
+                self._at, self.packets_in = -1, self.packets_in + k
+                self.current = b.packet(k) if k < len(b) else None
+                self._leftover = [b.pick(slice(k if isinstance(exc, Cancelled) else k + 1, None)),
+                                  *batch[i + 1:]]
+                if k and kind != "sink":  # what was processed before goes on
+                    with contextlib.suppress(Cancelled, QueueShutDown):
+                        self._send_bundle(b.pick(slice(0, k)), done)
+                raise
+            self.packets_in += len(items)
+            self.last = items[-5:]
+            if kind != "sink":
+                self._send_bundle(b, done)
+
+    def _send_bundle(self, b: Bundle, done: list[Any]) -> None:
+        """Send a map's results (``done``) or a filter's kept packets of ``b`` on."""
+        out = b.with_payloads(done) if self.ctx.kind == "map" else b.keep(done)
+        if not out:
+            return
+        if self.chain_next is not None:  # this task heads a chain: plain items into it
+            self.emit(out.payloads)
+        else:
+            self.router.send_bundle(out)
+
     def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None:
         key = (sig.sender, sig.input_index)
         if key in expected:
@@ -693,7 +749,7 @@ class BaseTask:
     # ------------------------------------------------------------------ reading
     def unprocessed(self) -> int:
         """Packets this instance took from its queue but never processed (cancel or failure)."""
-        return self.discarded + sum(1 for m in self._leftover if m.__class__ is not StopSignal)
+        return self.discarded + _count(self._leftover)
 
     def top_keys(self, n: int = 5) -> tuple[tuple[str, int], ...]:
         items = sorted(self.key_counts.items(), key=lambda kv: -kv[1])[:n]
@@ -701,6 +757,14 @@ class BaseTask:
 
     def last_packets(self) -> tuple[str, ...]:
         return tuple(f"{p!r:.80}" for p in islice(self.last, 5))
+
+
+_BUNDLES = {Bundle}
+
+
+def _count(msgs: list[Any]) -> int:
+    """The packets among ``msgs`` (a Bundle counts its packets, a stop signal none)."""
+    return sum(len(m) if m.__class__ is Bundle else m.__class__ is not StopSignal for m in msgs)
 
 
 def _wants_instance(cls: type, kind: str) -> bool:
