@@ -51,7 +51,7 @@ def run(graph: nx.DiGraph, backend: str = "threads", **options: Any) -> Job:
     """Compile and start a raw ``networkx.DiGraph``; returns the :class:`Job`.
 
     ``options`` are those of :meth:`Pipeline.run <sage_nb.graph.Pipeline.run>`, among them
-    ``batch_size`` (micro-batching, default 256; 1 delivers packet by packet), ``linger`` and
+    ``batch_size`` (micro-batching, default 1024; 1 delivers packet by packet), ``linger`` and
     ``chain`` (operator chaining, default False).
     """
     return JobManager.default().run(graph, backend=backend, **options)

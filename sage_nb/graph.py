@@ -282,11 +282,12 @@ class Pipeline:
             linger: float | None = None, **options: Any) -> Job:
         """Compile and start a job (stopping this pipeline's previous job first).
 
-        Options: the compile options (``queue_maxsize``, ``job_id``, …, see ``compile``),
+        Options: the compile options (``queue_maxsize``, ``job_id``, …, see ``compile``; on
+        threads with batching the queues hold 16 batches unless ``queue_maxsize`` is given),
         ``put_timeout`` (seconds a full queue may block a delivery before the job fails),
         ``paused`` (start paused, e.g. to set breakpoints first), and micro-batching:
 
-        - ``batch_size`` (default 256): packets travel between tasks in batches of up to this
+        - ``batch_size`` (default 1024): packets travel between tasks in batches of up to this
           many per connection (never more than the receiving queue holds). Routing stays per
           packet; ``batch_size=1`` delivers packet by packet, as the step backend does.
         - ``linger`` (default 0.005 s): the longest a routed packet waits for its batch when
