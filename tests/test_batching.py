@@ -120,3 +120,25 @@ def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on
     # every packet the failed instance was sent: processed, the one it failed on, discarded or queued
     sent = sum(c.packets_sent for c in snap.connections if c.target == e.instance)
     assert failed.packets_in + 1 + failed.unprocessed + failed.queue.used == sent
+
+
+def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(no_leak):
+    from sage_nb.communication import partition
+
+    class Tagged:
+        def __call__(self, x):
+            return (x, self.ctx.current_key)
+
+    p = snb.Pipeline("bundle-keys")
+    p.from_iterable(range(3000), name="src").key_by(lambda x: x % 10).map(Tagged, name="m", parallelism=3) \
+        .sink(name="out")
+    job = p.run()
+    snap = finished(job)
+    out = job.results("out")
+    assert sorted(x for x, _ in out) == list(range(3000)) and all(key == x % 10 for x, key in out)
+    for i in range(3):
+        owned = [k for k in range(10) if partition(k, 3) == i]
+        task = snap.task(f"m[{i}]")
+        assert task.packets_in == 300 * len(owned)
+        assert len(task.top_keys) == min(5, len(owned)) and all(n == 300 for _, n in task.top_keys)
+        assert {k for k, _ in task.top_keys} <= {repr(k) for k in owned}

@@ -232,8 +232,8 @@ def test_a_bundle_routes_orders_and_counts_as_its_packets_one_by_one(strategy, n
             if i < len(singles) and singles[i]:
                 r.send(Packet(-i, seq=-i))
         r.send_stop_signal()
-        queued = [[(m.payload, m.seq, m.input_index) if isinstance(m, Packet) else m
-                   for m in c.queue.peek(10**6)] for c in g.connections]
+        queued = [[(m.payload, m.seq, m.input_index, m.partition_key, m.partition_strategy)
+                   if isinstance(m, Packet) else m for m in c.queue.peek(10**6)] for c in g.connections]
         decisions = {d.seq: (d.strategy, d.chosen) for d in r.tracer.decisions}
         return queued, decisions, [(c.packets_sent, c.stops_sent) for c in r.connections]
 
@@ -266,7 +266,7 @@ def test_a_bundle_waits_for_room_cancellably_and_fails_after_put_timeout():
     assert isinstance(call.error, Cancelled) and c.packets_sent == 0
 
 
-def test_bundles_go_as_packets_to_a_breakpoint_a_hash_group_or_a_queue_of_its_own_kind():
+def test_bundles_go_as_packets_to_a_breakpoint_a_broadcast_or_without_batching():
     g = group(0, "m", "round_robin", 2)
     r = router(g, batch_size=8)
     assert r.bundles()
@@ -274,5 +274,6 @@ def test_bundles_go_as_packets_to_a_breakpoint_a_hash_group_or_a_queue_of_its_ow
     assert not r.bundles()
     r.send_bundle(Bundle.fresh(["a", "b"]))
     assert all(isinstance(m, Packet) for c in g.connections for m in c.queue.queue)
-    assert not router(group(0, "m", "hash", 2, key=len), batch_size=8).bundles()
+    assert router(group(0, "m", "hash", 2, key=len), batch_size=8).bundles()
+    assert not router(group(0, "m", "broadcast", 2), batch_size=8).bundles()
     assert not router(group(0, "m", "round_robin", 2), batch_size=1).bundles()

@@ -156,22 +156,27 @@ class StopSignal:
 
 
 class Bundle:
-    """Unkeyed packets for one input, by column: what a batching router ships between the
-    tasks of a threads job when no packet object is needed (``len()`` packets, one queue
-    entry). ``seqs`` are the packets' trace ids (a ``range`` for fresh ones) and
-    ``created`` their common origin time. A receiver that needs packets asks :meth:`packets`.
+    """Packets for one input, by column: what a batching router ships between the tasks of a
+    threads job when no packet object is needed (``len()`` packets, one queue entry).
+    ``seqs`` are the packets' trace ids (a ``range`` for fresh ones), ``created`` their common
+    origin time, ``keys`` their hash keys (None: unkeyed). A receiver that needs packets asks
+    :meth:`packets`.
 
     >>> b = Bundle.fresh(["a", "b", "c"])
     >>> len(b), [p.payload for p in b.packets()] == ["a", "b", "c"], b.seqs[1] == b.seqs[0] + 1
     (3, True, True)
     >>> [p.payload for p in b.pick(slice(1, None, 2)).packets()], len(b.keep([1, 0, 1]))
     (['b'], 2)
+    >>> Bundle(["x"], [7], 0.0, keys=["k"]).packet(0)
+    Packet(#7 'x' input=0 key='k'/hash)
     """
 
-    __slots__ = ("created", "input_index", "payloads", "seqs")
+    __slots__ = ("created", "input_index", "keys", "payloads", "seqs")
 
-    def __init__(self, payloads: list[Any], seqs: Sequence[int], created: float, input_index: int = 0) -> None:
+    def __init__(self, payloads: list[Any], seqs: Sequence[int], created: float, input_index: int = 0,
+                 keys: list[Any] | None = None) -> None:
         self.payloads, self.seqs, self.created, self.input_index = payloads, seqs, created, input_index
+        self.keys = keys
 
     @classmethod
     def fresh(cls, payloads: list[Any]) -> Bundle:
@@ -186,29 +191,39 @@ class Bundle:
         return len(self.payloads)
 
     def pick(self, where: slice) -> Bundle:
-        """The packets at ``where`` (a slice), in order."""
-        return Bundle(self.payloads[where], self.seqs[where], self.created, self.input_index)
+        """The packets at ``where`` (a slice), in order, keys included."""
+        return Bundle(self.payloads[where], self.seqs[where], self.created, self.input_index,
+                      None if self.keys is None else self.keys[where])
+
+    def select(self, mask: Any, keys: list[Any] | None = None) -> Bundle:
+        """The packets whose ``mask`` entry is true, in order, with ``keys`` (theirs, if any)."""
+        mask = list(mask)
+        return Bundle(list(compress(self.payloads, mask)), list(compress(self.seqs, mask)),
+                      self.created, self.input_index, None if keys is None else list(compress(keys, mask)))
 
     def keep(self, mask: list[Any]) -> Bundle:
-        """The packets whose ``mask`` entry is true, in order (a filter's output)."""
-        return Bundle(list(compress(self.payloads, mask)), list(compress(self.seqs, mask)),
-                      self.created, self.input_index)
+        """The packets whose ``mask`` entry is true, unkeyed (a filter's output)."""
+        return self.select(mask)
 
     def with_payloads(self, payloads: list[Any]) -> Bundle:
-        """The same packets carrying ``payloads`` (a map's output: one result per packet)."""
+        """The same packets, unkeyed, carrying ``payloads`` (a map's output: one result each)."""
         return Bundle(payloads, self.seqs, self.created, self.input_index)
 
     def packet(self, i: int) -> Packet:
         """Packet ``i`` as an object."""
-        return _rebuild(self.payloads[i], self.input_index, None, None, self.seqs[i], self.created)
+        keys = self.keys
+        return _rebuild(self.payloads[i], self.input_index, None if keys is None else keys[i],
+                        None if keys is None else "hash", self.seqs[i], self.created)
 
     def packets(self) -> list[Packet]:
         """Every packet as an object, in order."""
         new, out, created, index = _new, [], self.created, self.input_index
         append = out.append
-        for x, seq in zip(self.payloads, self.seqs, strict=True):
+        strategy = None if self.keys is None else "hash"
+        for x, seq, key in zip(self.payloads, self.seqs, self.keys or itertools.repeat(None, len(self)),
+                               strict=True):
             p = new(Packet)
-            p.payload, p.input_index, p.partition_key, p.partition_strategy = x, index, None, None
+            p.payload, p.input_index, p.partition_key, p.partition_strategy = x, index, key, strategy
             p.seq, p.created = seq, created
             append(p)
         return out

@@ -132,6 +132,7 @@ class BaseRouter(Shipper):
         self._lane = self.groups[0] if own and len(self.groups) == 1 else None
         self._owners: dict[Any, int] = {}  # key -> instance, for the lane's hash partitioning
         self._bundling: bool | None = None  # whether bundles can go (decided at the first one)
+        self.fan_out = len(self._lane.connections) if self._lane is not None else 1
         for c in self._conns:
             c.batch = []
             # a batch never exceeds its queue: a small queue keeps the pipeline short

@@ -8,6 +8,10 @@ packets, when its reader is hungry (waiting for input, nobody woke it yet), on `
 ``linger`` seconds. Only the shipper removes packets from a buffer, under ``ship_lock``;
 the task only appends, at the end, so FIFO per connection holds. ``packets_sent`` counts
 what was delivered, when it was delivered.
+
+A :class:`~sage_nb.communication.packet.Bundle` (an in-memory source's chunk, a map's or
+filter's output for one) skips the buffers: :meth:`Shipper.send_bundle` ships what waits on the
+connection, then puts the bundle's share as one entry, waiting for room for all its packets.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Shipper:
     batching: bool
     ship_lock: Any
     _bundling: bool | None
+    _owners: dict[Any, int]
     _conns: tuple[Connection, ...]
     _lane: Any
 
@@ -86,39 +91,70 @@ class Shipper:
 
     def send_bundle(self, b: Bundle) -> int:
         """``send_many(b.packets(), True, True)`` for a :class:`Bundle` of unkeyed packets for
-        input 0. Through one round-robin group of in-process queues it stays a bundle: each
-        instance gets its share (the packets it would get one by one, in order) as one entry;
-        the trace is offered the first decision. Elsewhere it travels as packets. Returns the
-        deliveries."""
+        input 0. Through one round-robin or key-function (hash) group of in-process queues it
+        stays a bundle: each instance gets its share (the packets it would get one by one, in
+        order, with their keys) as one entry; the trace is offered the first decision.
+        Elsewhere it travels as packets. Returns the deliveries."""
         n = len(b)
         if not self.bundles():
             return self.send_many(b.packets(), True, True) if n else 0
         if not n:
             return 0
-        g, rr, tr = self._lane, self.rr, self.tracer
+        g, tr = self._lane, self.tracer
         conns = g.connections
-        size, first = len(conns), rr[0]
-        rr[0] = (first + 1) % size
-        if tr is not None:
-            if tr.sample():
+        size = len(conns)
+        if g.key is not None:
+            shares, first = self._hash_shares(g, b)
+            if tr is not None and tr.sample():
+                key = shares[first].keys[0]  # type: ignore[index]
+                self._trace(tr, b.seqs[0], g, "hash", key, (conns[first],), None, b.payloads[0])
+        else:
+            rr = self.rr
+            first = rr[0]
+            rr[0] = (first + 1) % size
+            if tr is not None and tr.sample():
                 self._trace(tr, b.seqs[0], g, "round_robin", None, (conns[first],), first, b.payloads[0])
+            rr[0] = (first + n) % size
+            shares = [b] if size == 1 else [b.pick(slice((j - first) % size, None, size)) for j in range(size)]
+        if tr is not None:
             _skip(tr, n - 1)
-        rr[0] = (first + n) % size
-        for j, c in enumerate(conns):
-            part = b if size == 1 else b.pick(slice((j - first) % size, None, size))
+        for c, part in zip(conns, shares, strict=True):
             if part:
                 part.input_index = c.target_input_index
                 self._ship_bundle(c, part)
         return n
 
+    def _hash_shares(self, g: BroadcastGroup, b: Bundle) -> tuple[list[Bundle], int]:
+        """Each instance's share of ``b`` by the key of each packet (``_hash_many``'s rule), keys
+        included, and the instance of the first packet."""
+        keys = list(map(g.key, b.payloads))  # type: ignore[arg-type]
+        size, cache, owner = len(g.connections), self._owners, self._owner
+        if size == 1:
+            return [Bundle(b.payloads, b.seqs, b.created, 0, keys)], 0
+        shares = [Bundle([], [], b.created, 0, []) for _ in range(size)]
+        pay, seq, key_of = ([getattr(s, col).append for s in shares] for col in ("payloads", "seqs", "keys"))
+        get = cache.get
+        for key, x, n in zip(keys, b.payloads, b.seqs, strict=True):
+            t = type(key)
+            if t is int or t is str:  # the common keys: their partition is remembered
+                i = get(key)
+                if i is None:
+                    i = owner(key, size)
+            else:
+                i = partition(key, size)
+            pay[i](x)
+            seq[i](n)
+            key_of[i](key)
+        return shares, next(i for i, s in enumerate(shares) if s.seqs and s.seqs[0] == b.seqs[0])
+
     def bundles(self) -> bool:
-        """Whether :meth:`send_bundle` sends bundles now: one round-robin group of in-process
-        queues read by tasks of their own, batching on, no breakpoint watching."""
+        """Whether :meth:`send_bundle` sends bundles now: one round-robin or key-function group
+        of in-process queues read by tasks of their own, batching on, no breakpoint watching."""
         ok = self._bundling
         if ok is None:
             g = self._lane
-            ok = self._bundling = g is not None and self.batching and g.key is None and \
-                g.strategy == "round_robin" and \
+            ok = self._bundling = g is not None and self.batching and \
+                (g.key is not None or g.strategy == "round_robin") and \
                 all(not c.chained and _fast_queue(c.queue) for c in g.connections)
         return ok and self.watch is None and not self.closed
 

@@ -5,7 +5,9 @@ ships a buffer with one put when it holds ``batch_size`` packets, when its task 
 to wait for input, before a pause and before the stop signals. Light traffic never waits
 for a full batch: a task ships to a receiver that is waiting for input at once, and the
 job's :class:`Flusher` ships whatever waited ``linger`` seconds (a slow source, slow user
-code). ``batch_size=1`` routes and delivers packet by packet (the teaching view).
+code). ``batch_size=1`` routes and delivers packet by packet (the teaching view). Unkeyed
+packets on a round-robin edge between thread tasks may travel as one
+:class:`~sage_nb.communication.packet.Bundle` entry (plain payloads and trace ids) instead.
 
 >>> check_batching(None, None)
 (1024, 0.005)

@@ -157,6 +157,7 @@ class BaseTask:
         self._process: Callable[[Packet], None] | None = None
         self._fast: Callable[[list[Packet]], None] | None = None   # a whole batch in one loop
         self._lean_fn: Any = None   # a chained map/filter/sink's function, for take() (None: collect)
+        self._keyed_call: Callable[[Any, Any], Any] | None = None  # the same with key counting
         self._slice = 1   # items per cancel check in _apply: one until the function is timed
         self._at = 0   # where in its batch _handle was when it raised
         self._exited = False
@@ -330,18 +331,24 @@ class BaseTask:
             self.emit(out)
         self.state = "idle"
 
-    def _apply(self, fn: Callable[[Any], Any], items: list[Any], done: list[Any]) -> None:
-        """Append ``fn(x)`` for each of ``items`` to ``done`` (as far as it went when ``fn``
-        raises), in C-level ``map`` calls over slices sized to take about ``SLICE_TIME`` at
-        the speed measured so far; a cancel is seen between slices. The first slice is one
-        item, so a slow function is called item by item and a cancel never waits long."""
+    def _apply(self, fn: Callable[..., Any], items: list[Any], done: list[Any],
+               keys: list[Any] | None = None) -> None:
+        """Append ``fn(x)`` (``fn(x, key)`` with ``keys``) for each of ``items`` to ``done`` (as
+        far as it went when ``fn`` raises), in C-level ``map`` calls over slices sized to take
+        about ``SLICE_TIME`` at the speed measured so far; a cancel is seen between slices. The
+        first slice is one item, so a slow function is called item by item and a cancel never
+        waits long."""
         control, perf, i, n = self.control, time.perf_counter, 0, len(items)
         k = self._slice
         while i < n:
             if control.cancelled:
                 raise Cancelled(f"{self.ctx.name}: job stopping")
             start = perf()
-            done.extend(map(fn, items[i:i + k] if i or k < n else items))
+            whole = not i and k >= n
+            if keys is None:
+                done.extend(map(fn, items if whole else items[i:i + k]))
+            else:
+                done.extend(map(fn, items if whole else items[i:i + k], keys if whole else keys[i:i + k]))
             took = perf() - start
             i += k
             # next slice: about SLICE_TIME of work, growing at most 8-fold at a time
@@ -498,8 +505,9 @@ class BaseTask:
                     raise Cancelled(f"{self.ctx.name}: job stopping")
                 break
             bundles = not lean and router.bundles()
+            # a bundle is split between the instances downstream: each share about a batch
             chunk = list(islice(items, 1 if router.watch is not None else
-                                router.batch_size if bundles else size))
+                                router.batch_size * router.fan_out if bundles else size))
             if not chunk:
                 break
             self.current = chunk[-1]
@@ -519,6 +527,8 @@ class BaseTask:
         kind, send = self.ctx.kind, self.router.send
         self._fast = self._batch_process(kind, fn)
         self._lean_fn = fn
+        self._keyed_call = self._key_counting(fn) if self.ctx.keyed_input and kind in (
+            "map", "filter", "sink") else None
         if kind == "sink":
             if fn is None:
                 append = self.results.append  # type: ignore[union-attr]
@@ -573,7 +583,7 @@ class BaseTask:
         batching = router.batching
         chained = self.chain_next is not None
         # bundles go through the user function without packets: a map, filter or sink of unkeyed data
-        lean = self.ctx.kind in ("map", "filter", "sink") and not ctx.keyed_input
+        lean = self.ctx.kind in ("map", "filter", "sink")
         while expected:
             self.state = "draining" if seen else "idle"
             if chained:  # the chained operators process what the last batch produced
@@ -693,11 +703,26 @@ class BaseTask:
                 send_many(out, True, clean)
         return run
 
+    def _key_counting(self, fn: Any) -> Callable[[Any, Any], Any]:
+        """``fn`` (a collecting sink's append when None) called with each packet's key counted
+        and set as ``ctx.current_key``, as the packet-by-packet loop does."""
+        ctx, counts = self.ctx, self.key_counts
+        target = self.results.append if fn is None else fn  # type: ignore[union-attr]
+
+        def call(x: Any, key: Any) -> Any:
+            ctx.current_key = key
+            if key in counts:
+                counts[key] += 1
+            elif len(counts) < KEY_CAP:
+                counts[key] = 1
+            return target(x)
+        return call
+
     def _take_bundles(self, batch: list[Bundle]) -> None:
         """Bundles through a map, filter or sink: the user function over each bundle's payloads
         (:meth:`_apply`), the results on as a bundle with the same trace ids. When it raises,
         ``current`` is the packet it was on and ``_leftover`` what remains (``_at`` is -1)."""
-        kind, fn = self.ctx.kind, self._lean_fn
+        kind, fn, keyed = self.ctx.kind, self._lean_fn, self._keyed_call
         for i, b in enumerate(batch):
             items, done = b.payloads, []
             if not self._expected:
@@ -705,7 +730,9 @@ class BaseTask:
                 raise ProtocolError(f"{self.ctx.name}: received data after the end of stream of "
                                     f"every input ({len(self._seen)} stop signals)")
             try:
-                if kind == "sink" and fn is None:  # a collecting sink
+                if keyed is not None:  # key counts, and the key user code may read
+                    self._apply(keyed, items, done, [None] * len(items) if b.keys is None else b.keys)
+                elif kind == "sink" and fn is None:  # a collecting sink
                     self.results.extend(items)  # type: ignore[union-attr]
                 else:
                     self._apply(fn, items, done)
@@ -722,7 +749,11 @@ class BaseTask:
             self.packets_in += len(items)
             self.last = items[-5:]
             if kind != "sink":
-                self._send_bundle(b, done)
+                try:
+                    self._send_bundle(b, done)
+                except BaseException:  # routing failed (a key function raised, a cancel)
+                    self._at, self.current, self._leftover = -1, None, batch[i + 1:]
+                    raise
 
     def _send_bundle(self, b: Bundle, done: list[Any]) -> None:
         """Send a map's results (``done``) or a filter's kept packets of ``b`` on."""
