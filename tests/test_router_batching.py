@@ -191,17 +191,20 @@ def test_the_flusher_ships_what_waited_longer_than_linger():
     g = group(0, "m", "round_robin", 1)
     r = router(g, batch_size=100)
     done, cancel = threading.Event(), threading.Event()
-    flusher = threading.Thread(target=Flusher([r], 0.002, done, cancel).run)
+    f = Flusher([r], 0.002, done, cancel)
+    flusher = threading.Thread(target=f.run)
     flusher.start()
     try:
-        r.send(Packet("lonely"))
-        started = time.monotonic()
-        wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
-        assert time.monotonic() - started < 1.0
+        for n, x in enumerate(["lonely", "again"], 1):  # the flusher sleeps until a buffer fills
+            r.send(Packet(x))
+            started = time.monotonic()
+            wait_for(lambda n=n: g.connections[0].packets_sent == n, timeout=5)
+            assert time.monotonic() - started < 1.0
     finally:
         done.set()
+        f.stop()
         flusher.join(5)
-    assert payloads(g) == [["lonely"]]
+    assert not flusher.is_alive() and payloads(g) == [["lonely", "again"]]
 
 
 @given(strategy=st.sampled_from(["round_robin", "hash", "broadcast"]), n=st.integers(1, 4),

@@ -42,6 +42,10 @@ __all__ = ["BaseRouter", "BroadcastGroup", "RoutingDecision", "Tracer"]
 OWNERS_CACHE = 4096  # keys whose partition a batching router remembers
 
 
+def _nothing() -> None:
+    """A router's ``wake`` when no flusher watches it."""
+
+
 @dataclass(frozen=True)
 class BroadcastGroup:
     """The connections from one upstream instance to every instance of one downstream operator."""
@@ -133,6 +137,7 @@ class BaseRouter(Shipper):
         self._owners: dict[Any, int] = {}  # key -> instance, for the lane's hash partitioning
         self._bundling: bool | None = None  # whether bundles can go (decided at the first one)
         self.fan_out = len(self._lane.connections) if self._lane is not None else 1
+        self.wake: Callable[[], Any] = _nothing  # called when a buffer stops being empty (the flusher's)
         for c in self._conns:
             c.batch = []
             # a batch never exceeds its queue: a small queue keeps the pipeline short
@@ -202,6 +207,8 @@ class BaseRouter(Shipper):
                     buf.append(out)
                     if len(buf) >= c.batch_limit or c.receiver.hungry:
                         self._ship(c)
+                    elif len(buf) == 1:
+                        self.wake()
                 else:
                     put(c, out)
                     c.packets_sent += 1
@@ -247,6 +254,8 @@ class BaseRouter(Shipper):
         buf.append(packet)
         if len(buf) >= c.batch_limit or c.receiver.hungry:  # a waiting reader gains nothing by waiting
             self._ship(c)
+        elif len(buf) == 1:
+            self.wake()
         return 1
 
     def _owner(self, key: Any, n: int) -> int:
@@ -268,6 +277,8 @@ class BaseRouter(Shipper):
             buf.append(out)
             if len(buf) >= c.batch_limit or c.receiver.hungry:
                 self._ship(c)
+            elif len(buf) == 1:
+                self.wake()
         return len(g.connections)
 
     def _put_watched(self, watch: Callable[[Connection, Packet], Callable[[], None] | None],

@@ -41,6 +41,7 @@ class Shipper:
     ship_lock: Any
     _bundling: bool | None
     _owners: dict[Any, int]
+    wake: Any
     _conns: tuple[Connection, ...]
     _lane: Any
 
@@ -217,6 +218,8 @@ class Shipper:
             if len(c.batch) >= c.batch_limit:
                 self._ship(c)
         self.flush_waiting()
+        if any(c.batch for c in conns):
+            self.wake()
 
     def _round_robin_many(self, g: BroadcastGroup, packets: list[Packet], clean: bool = False) -> None:
         conns = g.connections
@@ -239,6 +242,8 @@ class Shipper:
                 self._ship(c)
         if buf and c.receiver.hungry:
             self._ship(c)
+        elif buf:
+            self.wake()
 
 
     # ------------------------------------------------------------------ shipping

@@ -54,7 +54,9 @@ def check_batching(batch_size: Any, linger: Any) -> tuple[int, float]:
 
 
 class Flusher:
-    """Ships every buffer that waited ``linger`` seconds: checks twice per ``linger``.
+    """Ships every buffer that waited ``linger`` seconds: checks twice per ``linger`` while a
+    buffer holds packets, and sleeps while none does (a router wakes it when one of its buffers
+    stops being empty; :meth:`stop` when the job ends).
 
     A buffer is shipped when it was not empty at the previous check and no batch left on its
     connection since. The flusher never blocks on a full queue (it puts what fits) nor on a
@@ -66,15 +68,26 @@ class Flusher:
         self.routers = routers
         self.tick = linger / 2
         self.done, self.cancel = done, cancel
+        self.wake = threading.Event()
+        for r in routers:
+            r.wake = self.wake.set
+
+    def stop(self) -> None:
+        """Wake the flusher so that it sees the job ended (``done`` or ``cancel`` is set)."""
+        self.wake.set()
 
     def run(self) -> None:
         seen: dict[int, int] = {}
         # a chained connection is handed over by its sender's thread, never from here
         conns = [(r, c) for r in self.routers for c in r.connections if not c.chained]
-        while not self.done.wait(self.tick) and not self.cancel.is_set():
+        wake, done, cancel = self.wake, self.done, self.cancel
+        while not done.is_set() and not cancel.is_set():
+            wake.clear()  # before looking: a buffer that fills after the look wakes us
+            waiting = False
             for r, c in conns:
                 if not c.batch:
                     continue
+                waiting = True
                 k = id(c)
                 if seen.get(k) == c.batches_sent:
                     try:
@@ -82,3 +95,7 @@ class Flusher:
                     except (Cancelled, QueueShutDown):  # the job is stopping
                         return
                 seen[k] = c.batches_sent
+            if waiting:
+                done.wait(self.tick)
+            else:  # (a second at most: the job's end is seen even without stop())
+                wake.wait(1.0)

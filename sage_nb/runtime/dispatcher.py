@@ -136,11 +136,15 @@ class Dispatcher:
                         self.cleanup_errors.append(exc)
             self.ended = time.monotonic()
             self.done.set()
+            if self.flusher is not None:
+                self.flusher.stop()
 
     def cancel(self) -> None:
         """Stop every task now: set the cancel flag and shut every queue of the job down."""
         self.cancelled = self.cancelled or self.exception is None
         self.control.cancel_all()
+        if self.flusher is not None:
+            self.flusher.stop()
         for qd in self.plan.queues():
             q = qd.queue_instance if qd.is_initialized() else None
             shutdown = getattr(q, "shutdown", None) or getattr(q, "close", None)
