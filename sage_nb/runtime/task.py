@@ -42,7 +42,7 @@ END: Any = _EndOfStream()
 KEY_CAP = 1000      # distinct keys counted per instance for the key distribution
 BATCH_MAX = 256     # packets taken from the input queue in one call
 SOURCE_CHUNK = 64   # items of an in-memory sequence a batching source routes at once
-SLICE_TIME = 0.001  # seconds of user code between two cancel checks of a chained operator
+SLICE_TIME = 0.001  # seconds of user code between two cancel checks over plain items (_apply)
 _IN_MEMORY = (type(iter([])), type(iter(())), type(iter(range(0))), type(iter("")))
 
 
@@ -582,7 +582,7 @@ class BaseTask:
         get_many = q.get_many
         batching = router.batching
         chained = self.chain_next is not None
-        # bundles go through the user function without packets: a map, filter or sink of unkeyed data
+        # a map, filter or sink runs bundles through the user function without making packets
         lean = self.ctx.kind in ("map", "filter", "sink")
         while expected:
             self.state = "draining" if seen else "idle"
