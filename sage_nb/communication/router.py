@@ -309,16 +309,19 @@ class BaseRouter(Shipper):
                 n += 1
         return n
 
-    def _put(self, conn: Connection, item: Any) -> None:
-        q = conn.queue
+    def _put(self, conn: Connection, item: Any, put: Callable[..., None] | None = None) -> None:
+        """``conn.queue.put(item)`` (or ``put(item, block, timeout)``), blocking while the queue
+        is full until the job stops (Cancelled) or ``put_timeout`` passes (DeliveryError)."""
+        if put is None:
+            put = conn.queue.put
         try:
-            q.put(item, False)
+            put(item, False)
         except queue.Full:
-            self._put_blocking(conn, q, item)
+            self._put_blocking(conn, put, item)
         except QueueShutDown:
             raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
 
-    def _put_blocking(self, conn: Connection, q: Any, item: Any) -> None:
+    def _put_blocking(self, conn: Connection, put: Callable[..., None], item: Any) -> None:
         start = time.monotonic()
         self.blocked = True
         try:
@@ -326,7 +329,7 @@ class BaseRouter(Shipper):
                 self._still_waiting(conn, start)
                 tried = time.monotonic()
                 try:
-                    q.put(item, True, self.poll_interval)
+                    put(item, True, self.poll_interval)
                     return
                 except queue.Full:  # a queue that refuses at once must not make us spin
                     if time.monotonic() - tried < self.poll_interval / 2:

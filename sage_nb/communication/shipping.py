@@ -42,6 +42,7 @@ class Shipper:
     _bundling: bool | None
     _owners: dict[Any, int]
     wake: Any
+    _put: Any
     _conns: tuple[Connection, ...]
     _lane: Any
 
@@ -168,35 +169,9 @@ class Shipper:
         for i in range(0, n, limit):
             piece = b if n <= limit else b.pick(slice(i, i + limit))
             with self.ship_lock:
-                q = conn.queue
-                try:
-                    q.put_bundle(piece, False)
-                except queue.Full:
-                    self._put_bundle_blocking(conn, q, piece)
-                except QueueShutDown:
-                    raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+                self._put(conn, piece, conn.queue.put_bundle)
                 conn.packets_sent += len(piece)
                 conn.batches_sent += 1
-
-    def _put_bundle_blocking(self, conn: Connection, q: Any, b: Bundle) -> None:
-        start = time.monotonic()
-        self.blocked = True
-        try:
-            while True:
-                waited = self._still_waiting(conn, start)
-                wait = self.poll_interval
-                if self.put_timeout is not None:
-                    wait = max(0.0, min(wait, self.put_timeout - waited))
-                try:
-                    q.put_bundle(b, True, wait)
-                    return
-                except queue.Full:
-                    continue
-                except QueueShutDown:
-                    raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
-        finally:
-            self.blocked = False
-            self.blocked_time += time.monotonic() - start
 
     def _hash_many(self, g: BroadcastGroup, packets: list[Packet]) -> None:
         conns, keyfn, size = g.connections, g.key, len(g.connections)
