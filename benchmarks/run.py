@@ -13,9 +13,10 @@ Prints one JSON line per measurement and a summary table with ratios:
 - light-traffic latency (one packet in flight) through source -> map -> sink;
 - streamz and Bytewax on the same pipeline, when installed (``benchmarks/peers.py``);
 - memory over a 10,000,000-packet run (RSS sampled while it runs: flat means bounded).
-The throughput cases take turns within each repetition, so a busy machine's drift hits them alike.
+The throughput cases take turns within each repetition, and every ratio is the median over the
+repetitions of the two rates measured in the same turn: a busy machine's drift hits both alike.
 
-Usage: python benchmarks/run.py [--n 200000] [--reps 5] [--memory-n 10000000]
+Usage: python benchmarks/run.py [--n 1000000] [--reps 5] [--memory-n 10000000]
 """
 
 from __future__ import annotations
@@ -109,29 +110,32 @@ def memory_run(n: int) -> dict[str, float]:
     p = snb.Pipeline("bench-memory")
     p.from_iterable(range(n)).map(references.inc).sink(sink, name="sink")
     job = p.run()
-    samples = []
+    samples = [(box[0], rss_mb())]  # one at least, however short the run
     while not job.done:
-        samples.append((box[0], rss_mb()))
         time.sleep(0.05)
+        samples.append((box[0], rss_mb()))
     job.wait()
     early = next((mb for c, mb in samples if c >= n // 10), samples[0][1])
     return {"rss_mb_at_10pct": early, "rss_mb_peak": max(mb for _, mb in samples),
             "growth_mb": max(mb for _, mb in samples) - early}
 
 
-def measure(cases: dict[str, Callable[[int], float]], n: int, reps: int) -> list[float]:
-    """Median packets/s of each case; several cases take turns, so that a busy machine's
+def measure(cases: dict[str, Callable[[int], float]], n: int, reps: int) -> dict[str, list[float]]:
+    """Packets/s of each case in each repetition; the cases take turns, so that a busy machine's
     drift hits them alike."""
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
         for name, fn in cases.items():
             rates[name].append(n / fn(n))
-    medians = []
     for name, rs in rates.items():
-        medians.append(statistics.median(rs))
-        print(json.dumps({"config": name, "n": n, "pps_median": round(medians[-1]), "pps": [round(r) for r in rs]}),
-              flush=True)
-    return medians
+        print(json.dumps({"config": name, "n": n, "pps_median": round(statistics.median(rs)),
+                          "pps": [round(r) for r in rs]}), flush=True)
+    return rates
+
+
+def ratio(a: list[float], b: list[float]) -> float:
+    """``a / b`` as the median of the ratios of the rates measured in the same repetition."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def updater_cost(costs: list[tuple[int, float, float, float]]) -> dict[str, float]:
@@ -143,15 +147,15 @@ def updater_cost(costs: list[tuple[int, float, float, float]]) -> dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--n", type=int, default=1_000_000)  # runs of 0.2 s or more: 200,000 ran 40 ms, too short to compare
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--memory-n", type=int, default=10_000_000)
     args = ap.parse_args(argv)
     n, reps = args.n, args.reps
-    base = threading.active_count()
+    before = set(threading.enumerate())
     costs: list[tuple[int, float, float, float]] = []
     others = peers.available()
-    raw, fused, batched, b1, p1, chained, h1, p4, watched, *peer_rates = measure({
+    runs = list(measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "raw 3-stage threads, lists of 256": references.pipeline3_batched,
@@ -162,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
         "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
         **others,
-    }, n, reps)
+    }, n, reps).values())
+    raw, fused, batched, b1, p1, chained, h1, p4, watched, *peer_rates = runs
+    med = statistics.median
     lat_raw = p50_us(references.latency_two_hops())
     lat_b1 = p50_us(sage_latency(batch_size=1))
     lat = p50_us(sage_latency())
@@ -172,24 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"config": "Inspector updater", **{k: round(v, 3) for k, v in cost.items()}}))
     mem = memory_run(args.memory_n)
     print(json.dumps({"config": "memory", "n": args.memory_n, **{k: round(v, 1) for k, v in mem.items()}}))
-    assert threading.active_count() == base, "threads left behind"
+    left = [t.name for t in set(threading.enumerate()) - before]
+    assert not left, f"threads left behind: {left}"
     rows = [
-        ("raw 3-stage queue.Queue(10000) threads", f"{raw:12,.0f}", "1.00x raw"),
-        ("raw fused loop", f"{fused:12,.0f}", f"{fused / raw:.2f}x raw"),
-        ("raw 3-stage threads, lists of 256", f"{batched:12,.0f}",
-         f"{batched / fused:.3f}x fused (the batched thread reference)"),
-        ("sage_nb threads batch_size=1", f"{b1:12,.0f}", f"{b1 / raw:.2f}x raw (target >= 1.0x)"),
-        ("sage_nb threads default", f"{p1:12,.0f}",
-         f"{p1 / fused:.3f}x fused (target >= 0.5x); {p1 / batched:.2f}x raw lists; {p1 / raw:.2f}x raw"),
-        ("sage_nb threads default chain=True", f"{chained:12,.0f}",
-         f"{chained / fused:.3f}x fused; {chained / p1:.2f}x default"),
-        ("sage_nb threads default map p=1 hash", f"{h1:12,.0f}", f"{h1 / p1:.2f}x default (no key)"),
-        ("sage_nb threads default map p=4 hash", f"{p4:12,.0f}",
-         f"{p4 / h1:.2f}x own p=1 (target >= 0.8x); {p4 / p1:.2f}x default (no key)"),
-        ("sage_nb threads default under the Inspector", f"{watched:12,.0f}",
-         f"{watched / p1:.2f}x default without it (target >= 0.95x)"),
-        *((name, f"{rate:12,.0f}", f"{rate / fused:.3f}x fused; sage_nb default is {p1 / rate:.2f}x this")
-          for name, rate in zip(others, peer_rates, strict=True)),
+        ("raw 3-stage queue.Queue(10000) threads", f"{med(raw):12,.0f}", "1.00x raw"),
+        ("raw fused loop", f"{med(fused):12,.0f}", f"{ratio(fused, raw):.2f}x raw"),
+        ("raw 3-stage threads, lists of 256", f"{med(batched):12,.0f}",
+         f"{ratio(batched, fused):.3f}x fused (the batched thread reference)"),
+        ("sage_nb threads batch_size=1", f"{med(b1):12,.0f}", f"{ratio(b1, raw):.2f}x raw (target >= 1.0x)"),
+        ("sage_nb threads default", f"{med(p1):12,.0f}",
+         f"{ratio(p1, fused):.3f}x fused (target >= 0.5x); {ratio(p1, batched):.2f}x raw lists; "
+         f"{ratio(p1, raw):.2f}x raw"),
+        ("sage_nb threads default chain=True", f"{med(chained):12,.0f}",
+         f"{ratio(chained, fused):.3f}x fused; {ratio(chained, p1):.2f}x default"),
+        ("sage_nb threads default map p=1 hash", f"{med(h1):12,.0f}", f"{ratio(h1, p1):.2f}x default (no key)"),
+        ("sage_nb threads default map p=4 hash", f"{med(p4):12,.0f}",
+         f"{ratio(p4, h1):.2f}x own p=1 (target >= 0.8x); {ratio(p4, p1):.2f}x default (no key)"),
+        ("sage_nb threads default under the Inspector", f"{med(watched):12,.0f}",
+         f"{ratio(watched, p1):.2f}x default without it (target >= 0.95x)"),
+        *((name, f"{med(rates):12,.0f}",
+           f"{ratio(rates, fused):.3f}x fused; sage_nb default is {ratio(p1, rates):.2f}x this")
+          for name, rates in zip(others, peer_rates, strict=True)),
         ("latency p50, raw two thread hops", f"{lat_raw:9,.1f} us", "1.00x raw"),
         ("latency p50, sage_nb batch_size=1", f"{lat_b1:9,.1f} us", f"{lat_b1 / lat_raw:.2f}x raw"),
         ("latency p50, sage_nb default", f"{lat:9,.1f} us", f"{lat / lat_raw:.2f}x raw (target <= 3x)"),
@@ -197,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"| {'case':44} | {'packets/s or p50':>16} | ratio |")
     print(f"|{'-' * 46}|{'-' * 18}|-------|")
-    for name, value, ratio in rows:
-        print(f"| {name:44} | {value:>16} | {ratio} |")
+    for name, value, relative in rows:
+        print(f"| {name:44} | {value:>16} | {relative} |")
     print(f"\nInspector updater: {cost['updates_per_s']:.1f} updates/s at {cost['cpu_ms_per_update']:.2f} ms CPU "
           f"each; with creating it ({cost['create_ms']:.1f} ms), {cost['cpu_share_pct']:.1f} % of the job's time")
     print(f"memory over {args.memory_n:,} packets: RSS {mem['rss_mb_at_10pct']:.0f} MB at 10 %, "
