@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     before = set(threading.enumerate())
     costs: list[tuple[int, float, float, float]] = []
     others = peers.available()
-    runs = list(measure({
+    raw, fused, batched, b1, p1, chained, h1, p4, watched, *peer_rates = measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "raw 3-stage threads, lists of 256": references.pipeline3_batched,
@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
         "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
         **others,
-    }, n, reps).values())
-    raw, fused, batched, b1, p1, chained, h1, p4, watched, *peer_rates = runs
+    }, n, reps).values()
     med = statistics.median
     lat_raw = p50_us(references.latency_two_hops())
     lat_b1 = p50_us(sage_latency(batch_size=1))
@@ -197,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         ("sage_nb threads default under the Inspector", f"{med(watched):12,.0f}",
          f"{ratio(watched, p1):.2f}x default without it (target >= 0.95x)"),
         *((name, f"{med(rates):12,.0f}",
-           f"{ratio(rates, fused):.3f}x fused; sage_nb default is {ratio(p1, rates):.2f}x this")
+           f"{ratio(rates, fused):.3f}x fused; sage_nb default is {ratio(p1, rates):.2f}x this, "
+           f"chain=True {ratio(chained, rates):.2f}x")
           for name, rates in zip(others, peer_rates, strict=True)),
         ("latency p50, raw two thread hops", f"{lat_raw:9,.1f} us", "1.00x raw"),
         ("latency p50, sage_nb batch_size=1", f"{lat_b1:9,.1f} us", f"{lat_b1 / lat_raw:.2f}x raw"),
