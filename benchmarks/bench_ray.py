@@ -3,10 +3,12 @@
 References (performance.md, "Ray mode"): the single-item ``ray.util.queue.Queue.put`` rate
 from the driver, and the round trip of one actor call. Measured here:
 
-- **R2 throughput**: source -> map -> sink with ``--n`` packets and default settings;
-  packets/s from the source's first packet to the last result on the driver (actor start-up
-  excluded, and reported apart). Goals: >= 200x the single put rate, >= 0.5x a direct actor
-  push of 256-item lists source -> map -> sink (no queue, 64 calls in flight; measured here).
+- **R2 throughput**: source -> map -> sink with ``--n`` packets and default settings, twice:
+  a generator source (packets/s from the source's first item to the last result on the
+  driver; actor start-up excluded, and reported apart) and an in-memory one,
+  ``from_iterable(range(n))`` as in ``make bench`` (from the map's first call: the source's
+  items carry no stamp). Goals: >= 200x the single put rate, >= 0.5x a direct actor push of
+  256-item lists of ``range`` source -> map -> sink (no queue, 64 calls in flight; measured here).
 - **R3 latency**: one packet at a time through source -> map -> sink (the source stamps
   ``time.time()``, the sink measures); p50 against the actor-call RTT. Goal: <= 4x.
 
@@ -140,6 +142,42 @@ def pipeline_rate(n: int) -> tuple[float, float]:
     return n / (last - first), first - began
 
 
+def memory_rate(n: int) -> float:
+    """Packets/s of an in-memory source (``from_iterable(range(n))``) from the map's first call
+    to the last result on the driver."""
+    import sage_nb as snb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "first.json")
+
+        class First:  # defined here: it travels to the map's actor by value
+            """``x -> x``, noting when it was first called; writes that to ``path`` at the end."""
+
+            def __init__(self) -> None:
+                self.first: float | None = None
+
+            def __call__(self, x):
+                if self.first is None:
+                    self.first = time.time()
+                return x
+
+            def close(self) -> None:
+                with open(path, "w") as f:
+                    json.dump(self.first, f)
+
+        p = snb.Pipeline("bench-ray-memory")
+        p.from_iterable(range(n), name="src").map(First, name="map").sink(name="out")
+        job = p.run(backend="ray")
+        out = job.runner.results["out"]
+        while len(out) < n and not job.runner.done.is_set():
+            time.sleep(0.001)
+        last = time.time()
+        job.wait(timeout=600)
+        assert len(job.results("out")) == n, len(job.results("out"))
+        with open(path) as f:
+            return n / (last - json.load(f))
+
+
 class _Latency:
     """A sink class that records how long each packet took since the source stamped it, and
     writes the samples to ``path`` when the stream ends."""
@@ -190,6 +228,7 @@ def main() -> None:
     rtt = actor_rtt(ray, 300)
     push_rate = direct_push_rate(ray, args.n)
     rate, startup = pipeline_rate(args.n)
+    in_memory = memory_rate(args.n)
     latency = pipeline_latency(args.latency, 0.01)
     put_again = queue_put_rate(ray, args.puts)  # the box may have changed under us: report both
     figures.update({
@@ -198,17 +237,21 @@ def main() -> None:
         "pipeline_packets": args.n, "pipeline_packets_per_s": round(rate),
         "pipeline_startup_s": round(startup, 2),
         "throughput_ratio": round(rate / put_rate, 1), "throughput_goal": ">= 200",
+        "in_memory_packets_per_s": round(in_memory), "in_memory_ratio": round(in_memory / put_rate, 1),
         "direct_push_256_per_s": round(push_rate), "direct_push_ratio": round(rate / push_rate, 3),
+        "in_memory_direct_push_ratio": round(in_memory / push_rate, 3),
         "direct_push_goal": ">= 0.5",
         "latency_p50_ms": round(_p50_ms(latency), 3),
         "latency_p99_ms": round(sorted(latency)[int(0.99 * (len(latency) - 1))] * 1e3, 3),
         "latency_ratio": round(_p50_ms(latency) / _p50_ms(rtt), 2), "latency_goal": "<= 4",
     })
     print(json.dumps(figures))
-    print(f"Queue.put x1: {put_rate:,.0f}/s (after: {put_again:,.0f}/s); sage_nb source->map->sink: "
-          f"{rate:,.0f} packets/s = {rate / put_rate:.0f}x (goal >= 200x); start-up {startup:.1f} s")
-    print(f"direct actor push of 256-item lists: {push_rate:,.0f} packets/s; sage_nb is "
-          f"{rate / push_rate:.2f}x that (goal >= 0.5x)")
+    print(f"Queue.put x1: {put_rate:,.0f}/s (after: {put_again:,.0f}/s); direct actor push of 256-item "
+          f"lists: {push_rate:,.0f} packets/s")
+    for what, r in (("generator source", rate), ("in-memory source", in_memory)):
+        print(f"sage_nb source->map->sink, {what}: {r:,.0f} packets/s = {r / put_rate:.0f}x Queue.put "
+              f"(goal >= 200x), {r / push_rate:.2f}x direct push (goal >= 0.5x)")
+    print(f"actor start-up before the first packet: {startup:.1f} s")
     print(f"latency p50 {_p50_ms(latency):.2f} ms vs actor RTT p50 {_p50_ms(rtt):.2f} ms = "
           f"{_p50_ms(latency) / _p50_ms(rtt):.1f}x (goal <= 4x)")
     ray.shutdown()

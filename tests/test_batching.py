@@ -77,7 +77,15 @@ def test_counters_are_exact_and_queues_count_packets_with_batching(no_leak):
     assert all(t.queue.peak <= 100 for t in snap.tasks if t.queue is not None)
 
 
-def test_bundled_packets_keep_their_trace_id_hop_after_hop(no_leak):
+@pytest.fixture(params=["threads", pytest.param("ray", marks=pytest.mark.ray)])
+def bundled(request: pytest.FixtureRequest) -> str:
+    """The backends whose default settings move bundles: threads, and Ray (the shared cluster)."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+    return request.param
+
+
+def test_bundled_packets_keep_their_trace_id_hop_after_hop(bundled, no_leak):
     """By default an in-memory source's packets travel as bundles (no packet objects between
     tasks); a packet keeps its trace id through map and filter, so the inspector can follow it."""
     from sage_nb.inspector.tables import packet_path
@@ -85,7 +93,7 @@ def test_bundled_packets_keep_their_trace_id_hop_after_hop(no_leak):
     p = snb.Pipeline("bundle-trace")
     p.from_iterable(range(600), name="src").map(abs, name="m").filter(lambda x: x % 2 == 0, name="even") \
         .sink(name="out")
-    snap = finished(p.run())
+    snap = finished(p.run(backend=bundled))
     traced: dict[str, set[int]] = {}
     for d in snap.trace:
         traced.setdefault(d.sender, set()).add(d.seq)
@@ -96,7 +104,8 @@ def test_bundled_packets_keep_their_trace_id_hop_after_hop(no_leak):
 
 
 @pytest.mark.parametrize("parallelism", [1, 3])
-def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on(no_leak, parallelism):
+def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on(bundled, no_leak,
+                                                                                 parallelism):
     def check(x):
         if x == 700:
             raise ValueError(f"bad item {x}")
@@ -104,7 +113,7 @@ def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on
 
     p = snb.Pipeline("bundle-error")
     p.from_iterable(range(1000), name="src").map(check, name="m", parallelism=parallelism).sink(name="out")
-    job = p.run()
+    job = p.run(backend=bundled)
     with pytest.raises(snb.JobFailed) as info:
         job.wait(timeout=30)
     e = info.value
@@ -122,7 +131,7 @@ def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on
     assert failed.packets_in + 1 + failed.unprocessed + failed.queue.used == sent
 
 
-def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(no_leak):
+def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(bundled, no_leak):
     from sage_nb.communication import partition
 
     class Tagged:
@@ -132,7 +141,7 @@ def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(no_leak):
     p = snb.Pipeline("bundle-keys")
     p.from_iterable(range(3000), name="src").key_by(lambda x: x % 10).map(Tagged, name="m", parallelism=3) \
         .sink(name="out")
-    job = p.run()
+    job = p.run(backend=bundled)
     snap = finished(job)
     out = job.results("out")
     assert sorted(x for x, _ in out) == list(range(3000)) and all(key == x % 10 for x, key in out)

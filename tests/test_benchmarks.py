@@ -34,3 +34,13 @@ def test_a_small_bench_run_prints_every_row_of_the_table(capsys):
     assert names[-3:] == ["latency p50, raw two thread hops", "latency p50, sage_nb batch_size=1",
                           "latency p50, sage_nb default"]
     assert "memory over 30,000 packets" in out and "Inspector updater:" in out
+
+
+@pytest.mark.ray
+def test_the_ray_bench_pipelines_run_and_deliver_every_packet(ray_session):
+    """bench_ray.py's two sage_nb pipelines (it asserts every packet arrived) on the shared cluster."""
+    import bench_ray
+
+    rate, startup = bench_ray.pipeline_rate(3000)
+    assert rate > 0 and startup >= 0
+    assert bench_ray.memory_rate(3000) > 0

@@ -326,3 +326,28 @@ def test_batch_size_and_linger_apply_on_ray_too():
     assert job.results("out") == list(range(1, 51))  # one actor call per packet, still FIFO
     with pytest.raises(snb.BackendError, match=r"batch_size must be an int"):
         p.run(backend="ray", batch_size=0)
+
+
+def test_a_generator_source_travels_in_bundles_yet_an_item_never_waits_for_the_next(tmp_path):
+    """A generator's items wait in their source as payloads and leave as one bundle (Ray sends
+    no packet object): each item still reaches the sink while the source waits in user code
+    for the driver to have seen it, in order, counted on every connection."""
+    def items():
+        for i in range(6):
+            yield i
+            while not (tmp_path / f"seen-{i}").exists():  # the driver saw item i at the sink
+                time.sleep(0.005)
+        yield from range(6, 3000)
+
+    p = snb.Pipeline("ray-gather")
+    p.from_source(items, name="src").map(lambda x: x * 2, name="m").sink(name="out")
+    job = p.run(backend="ray")
+    for i in range(6):
+        wait_for(lambda i=i: len(job.results("out")) > i, timeout=30)
+        (tmp_path / f"seen-{i}").touch()
+    job.wait(timeout=120)
+    assert job.results("out") == [2 * x for x in range(3000)]
+    snap = job.snapshot()
+    assert [c.packets_sent for c in snap.connections] == [3000, 3000]
+    first = {sender: min(d.seq for d in snap.trace if d.sender == sender) for sender in ("src[0]", "m[0]")}
+    assert first["m[0]"] == first["src[0]"], "the map's output keeps the source's trace ids"

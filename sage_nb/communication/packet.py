@@ -190,6 +190,9 @@ class Bundle:
     def __len__(self) -> int:
         return len(self.payloads)
 
+    def __reduce__(self):  # by column: a Ray queue's chunk pickles a few lists, not an object per packet
+        return (Bundle, (self.payloads, self.seqs, self.created, self.input_index, self.keys))
+
     def pick(self, where: slice) -> Bundle:
         """The packets at ``where`` (a slice), in order, keys included."""
         return Bundle(self.payloads[where], self.seqs[where], self.created, self.input_index,

@@ -9,7 +9,8 @@ caller's ``wait`` (a slice of its timeout), so cancelled callers never pile up.
 
 Items arrive as chunks -- one pickled list per ``put`` -- and are never unpickled here; an
 entry is a slice of a chunk, so capacity and ``get`` count items exactly while one actor
-call moves a whole batch. This module imports Ray only inside its functions:
+call moves a whole batch. The clients count a Bundle as its packets (a slice may end inside
+one: the client cuts it there), so capacity counts packets. This module imports Ray only inside its functions:
 :func:`manager_handle` wraps the class with ``ray.remote`` where the manager is created.
 
 >>> m = RayQueueManager("doc")

@@ -27,10 +27,13 @@ import queue
 import re
 import threading
 import uuid
+from bisect import bisect_right
+from itertools import accumulate
 from time import monotonic
 from typing import Any
 
 from .local_queue import LocalQueue, QueueShutDown, QueueStats
+from .packet import Bundle
 from .queue_descriptor import MAX_QUEUE_SIZE, BaseQueueDescriptor, int_field
 from .ray_manager import (
     NAMESPACE,
@@ -42,7 +45,7 @@ from .ray_manager import (
 )
 
 __all__ = ["NAMESPACE", "SLICE", "QueueLost", "RayQueueDescriptor", "RayQueueProxy", "SimpleTestQueue",
-           "encode", "ensure_ray", "kill_manager", "manager_handle", "manager_name"]
+           "encode", "ensure_ray", "kill_manager", "manager_handle", "manager_name", "units"]
 
 SLICE = 1.0          # seconds one blocking call waits inside the manager before the client re-asks
 REPLY_GRACE = 30.0   # extra seconds a reply may take before the manager counts as hung
@@ -75,6 +78,32 @@ def encode(items: list) -> bytes:
     except Exception:
         from ray import cloudpickle
         return cloudpickle.dumps(items, 5)
+
+
+def units(items: list) -> int:
+    """The packets ``items`` hold, as a Ray queue counts them: a Bundle its packets, any other item one."""
+    return sum(len(x) if x.__class__ is Bundle else 1 for x in items)
+
+
+def _starts(items: list) -> list[int] | None:
+    """Where each item of a decoded chunk starts, in packets; None when no Bundle is among them
+    (then item ``i`` is packet ``i``)."""
+    if not any(x.__class__ is Bundle for x in items):
+        return None
+    return list(accumulate((len(x) if x.__class__ is Bundle else 1 for x in items), initial=0))
+
+
+def _cut(items: list, starts: list[int], s: int, t: int) -> list:
+    """The items holding packets ``[s, t)`` of a chunk, the Bundles at either end cut to them."""
+    out: list = []
+    i = bisect_right(starts, s) - 1
+    while s < t:
+        x, a, b = items[i], starts[i], starts[i + 1]
+        if x.__class__ is Bundle and (s > a or t < b):
+            x = x.pick(slice(s - a, min(t, b) - a))
+        out.append(x)
+        s, i = b, i + 1
+    return out
 
 
 class RayQueueProxy:
@@ -117,10 +146,11 @@ class RayQueueProxy:
         return self.handle.put.remote(self.queue_id, self.maxsize, blob, start, stop, wait)
 
     def put_many(self, items: list, block: bool = True, timeout: float | None = None) -> None:
-        """Put every item in order (one actor call per wait slice); partial on Full, like LocalQueue."""
+        """Put every item in order (one actor call per wait slice); partial on Full, like LocalQueue.
+        A :class:`Bundle` counts its packets (and may be stored in parts as room allows)."""
         if not items:
             return
-        blob, start, stop = encode(list(items)), 0, len(items)
+        blob, start, stop = encode(list(items)), 0, units(items)
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             start, status = self.put_blob(blob, start, stop, _slice(block, deadline))
@@ -162,12 +192,13 @@ class RayQueueProxy:
 
     def _decode(self, entries: list) -> list:
         out: list = []
-        cid, items = getattr(self._local, "cache", None) or (0, [])
+        cid, items, starts = getattr(self._local, "cache", None) or (0, [], None)
         for eid, blob, s, t in entries:
             if blob is not None:
                 cid, items = eid, pickle.loads(blob)
-            out += items[s:t]
-        self._local.cache = (cid, items)
+                starts = _starts(items)
+            out += items[s:t] if starts is None else _cut(items, starts, s, t)
+        self._local.cache = (cid, items, starts)
         return out
 
     # ------------------------------------------------------------ queue.Queue's language
@@ -184,9 +215,14 @@ class RayQueueProxy:
         return self.get(False)
 
     def peek(self, n: int = 20) -> list:
-        """The ``n`` oldest items, left in the queue."""
-        return [x for _, blob, s, t in self.call(self.handle.peek.remote(self.queue_id, n))
-                for x in pickle.loads(blob)[s:t]]
+        """The ``n`` oldest items (a Bundle's packets one by one), left in the queue."""
+        out: list = []
+        for _, blob, s, t in self.call(self.handle.peek.remote(self.queue_id, n)):
+            items = pickle.loads(blob)
+            starts = _starts(items)
+            for x in items[s:t] if starts is None else _cut(items, starts, s, t):
+                out.extend(x.packets() if x.__class__ is Bundle else (x,))
+        return out
 
     def statistics(self) -> QueueStats:
         ref = self.handle.stats.remote({self.queue_id: self.maxsize})

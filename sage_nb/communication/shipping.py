@@ -46,6 +46,11 @@ class Shipper:
     _conns: tuple[Connection, ...]
     _lane: Any
 
+    def gathers(self) -> bool:
+        """Whether a source may hand its items over as plain payloads (``gather(item)``): only a
+        router that routes them later, as one bundle (the Ray backend's)."""
+        return False
+
     def routes_in_bulk(self) -> bool:
         """Whether :meth:`send_many` moves unkeyed packets without a call per packet."""
         g = self._lane

@@ -241,7 +241,7 @@ class TaskActor:
         if t is None:
             return {"state": "failed" if self.failure else "starting", "failure": self.failure,
                     "packets_in": 0, "packets_out": 0, "busy": 0.0, "blocked": 0.0, "stops": 0,
-                    "top_keys": (), "last": (), "error": None, "conns": [], "discarded": 0}
+                    "top_keys": (), "last": (), "error": None, "conns": [], "unprocessed": 0}
         r = t.router
         conns = [(c.packets_sent, c.stops_sent) for c in r.connections]
         for _ in range(3):  # the loop thread may add a key while we sort them
@@ -254,7 +254,7 @@ class TaskActor:
         return {"state": state, "failure": self.failure, "packets_in": t.packets_in,
                 "packets_out": sum(s for s, _ in conns), "busy": t.busy_time,
                 "blocked": r.blocked_time, "stops": t.stops_received, "top_keys": top,
-                "last": t.last_packets(), "conns": conns, "discarded": t.discarded,
+                "last": t.last_packets(), "conns": conns, "unprocessed": t.unprocessed(),
                 "error": None if t.error is None else f"{type(t.error).__name__}: {t.error}"}
 
 

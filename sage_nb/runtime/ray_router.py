@@ -16,6 +16,12 @@ routed to each connection and ships them as one pickled chunk with one ``put``:
 A connection has at most one batch in flight, and the next leaves only once the previous
 is stored, so FIFO per connection holds and a full queue blocks its producer (nothing is
 dropped). Queues that are not Ray queues (RPC edges) take packets one by one, unbuffered.
+
+With batches on (``batch_size > 1``), one round-robin or key-function group of Ray queues
+takes :class:`~sage_nb.communication.packet.Bundle` s, as a threads job's queues do: an
+in-memory source's chunk, a map's or filter's output for one, and (round-robin) the items a
+source gathered until their batch leaves travel by column (payloads, trace ids, keys), with
+no packet object made or pickled; buffers and queues count them in packets.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ import threading
 import time
 from typing import Any
 
-from ..communication.packet import StopSignal
-from ..communication.ray_queue import RayQueueProxy, encode
+from ..communication.packet import Bundle, StopSignal
+from ..communication.ray_queue import RayQueueProxy, encode, units
 from ..communication.router import BaseRouter
 from ..errors import Cancelled, DeliveryError
 
@@ -48,28 +54,96 @@ class BatchingRouter(BaseRouter):
     """
 
     def __init__(self, *args: Any, linger: float | None = None, batch: int = BATCH, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+        super().__init__(*args, batch_size=batch, **kw)  # (our own _put: the base's buffers stay off)
         self.batch = batch
+        # send's lean path routes, then our _put buffers; bundles use the same group
+        self._lane = self.groups[0] if len(self.groups) == 1 else None
+        self.fan_out = len(self._lane.connections) if self._lane is not None else 1
         self.lock = threading.RLock()
         self.linger = linger
         self.pending = 0
         self.last_flush = time.monotonic()
         self.error: BaseException | None = None
+        self.gathered: list = []  # a source's items, not routed yet (see gather)
+        self.gathered_at = 0.0
         for c in self.connections:  # other queues (RPC edges) take packets one by one, unbuffered
-            c.buffer, c.inflight, c.batched = [], None, isinstance(c.queue, RayQueueProxy)
+            c.buffer, c.units, c.inflight, c.batched = [], 0, None, isinstance(c.queue, RayQueueProxy)
 
     def send(self, packet: Any) -> int:
+        return self._sending(super().send, packet)
+
+    def send_bundle(self, b: Bundle) -> int:
+        return self._sending(super().send_bundle, b)
+
+    def _sending(self, send: Any, what: Any) -> int:
+        """``send(what)`` under the lock (the flusher thread ships too), after the flusher's error."""
         with self.lock:
             if self.error is not None:
                 raise self.error
-            n = super().send(packet)
-            if self.linger is not None and self.pending and \
-                    time.monotonic() - self.last_flush >= self.linger:
-                self.flush(only_free=True)
+            n = send(what)
+            self._lingered()
             return n
+
+    def _lingered(self) -> None:
+        """A source's buffers leave once the last flush is ``linger`` old (those not in flight)."""
+        if self.linger is not None and self.pending and time.monotonic() - self.last_flush >= self.linger:
+            self.flush(only_free=True)
+
+    def bundles(self) -> bool:
+        """Whether :meth:`send_bundle` keeps bundles whole: batches on, one round-robin or
+        key-function group of Ray queues."""
+        ok = self._bundling
+        if ok is None:
+            g = self._lane
+            ok = self._bundling = g is not None and self.batch > 1 and \
+                (g.key is not None or g.strategy == "round_robin") and all(c.batched for c in g.connections)
+        return ok and self.watch is None and not self.closed
+
+    def routes_in_bulk(self) -> bool:
+        return self.bundles()
+
+    def gathers(self) -> bool:
+        """Whether a source's items may wait as plain payloads (:meth:`gather`): bundles on,
+        round-robin (no key function runs later than the item's own turn)."""
+        return self.bundles() and self._lane.key is None  # type: ignore[union-attr]
+
+    def gather(self, item: Any) -> None:
+        """A source's next item, kept as a payload: the items are routed as one Bundle once
+        there is a batch for each instance, on every flush, and once the last flush is
+        ``linger`` old, as packets routed one by one would leave their buffers."""
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            g = self.gathered
+            if not g:
+                self.gathered_at = time.monotonic()
+            g.append(item)
+            self.pending += 1
+            if len(g) >= self.batch * self.fan_out:
+                self._route_gathered()
+            self._lingered()
+
+    def _route_gathered(self) -> None:
+        items = self.gathered
+        if items:
+            self.gathered = []
+            self.pending -= len(items)
+            b = Bundle.fresh(items)
+            b.created = self.gathered_at
+            super().send_bundle(b)
+
+    def _ship_bundle(self, conn: Any, b: Bundle) -> None:
+        k = len(b)
+        conn.buffer.append(b)
+        conn.units += k
+        conn.packets_sent += k
+        self.pending += k
+        if conn.units >= self.batch:
+            self._ship(conn)
 
     def send_stop_signal(self) -> int:
         with self.lock:
+            self._route_gathered()  # the data first
             n = super().send_stop_signal()
             self.flush()
             self.settle()
@@ -79,10 +153,10 @@ class BatchingRouter(BaseRouter):
         if not conn.batched:
             super()._put(conn, item)
             return
-        buf = conn.buffer
-        buf.append(item)
+        conn.buffer.append(item)
+        conn.units += 1
         self.pending += 1
-        if len(buf) >= self.batch:
+        if conn.units >= self.batch:
             self._ship(conn)
 
     def flush(self, only_free: bool = False) -> None:
@@ -92,6 +166,7 @@ class BatchingRouter(BaseRouter):
         import ray
 
         with self.lock:
+            self._route_gathered()
             if self.pending:
                 conns = [c for c in self.connections if c.buffer]
                 busy = [c.inflight[0] for c in conns if c.inflight is not None]
@@ -111,11 +186,11 @@ class BatchingRouter(BaseRouter):
 
     def _ship(self, conn: Any) -> None:
         self._settle(conn)
-        buf, n = conn.buffer, len(conn.buffer)
+        buf, n = conn.buffer, conn.units
         wait = SLICE if self.put_timeout is None else min(SLICE, self.put_timeout)
         blob = encode(buf)
         conn.inflight = (conn.queue.submit_put(blob, 0, n, wait), blob, n, time.monotonic())
-        conn.buffer = []
+        conn.buffer, conn.units = [], 0
         self.pending -= n
 
     def _settle(self, conn: Any) -> None:
@@ -167,7 +242,7 @@ class BatchingInput:
             items = self.queue.receive(ref, SLICE)
         if not items:
             items = self.queue.get_many(GET_BATCH, block, timeout)
-        if len(items) >= PREFETCH_FROM and not any(m.__class__ is StopSignal for m in items):
+        if units(items) >= PREFETCH_FROM and not any(m.__class__ is StopSignal for m in items):
             self.ahead = self.queue.request(GET_BATCH, SLICE)
         return items
 

@@ -478,6 +478,7 @@ class BaseTask:
         if router.routes_in_bulk() and type(items) in _IN_MEMORY:
             self._run_chunks(items)  # items already in memory: no user code runs between them
             return
+        gather = router.gather if router.gathers() and not chained else None  # type: ignore[attr-defined]
         for item in items:
             if control.stopping:
                 if control.cancel.is_set():
@@ -486,7 +487,10 @@ class BaseTask:
             if control.paused:
                 self._wait_paused()
             self.current = item
-            send(fresh(item))
+            if gather is None:
+                send(fresh(item))
+            else:
+                gather(item)
             self.packets_in += 1
             if chained:  # the chained operator runs now: the source may wait for its next item
                 self._hand_over(idle=False)
