@@ -3,16 +3,29 @@ producer in another process (real sockets, real processes)."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import pickle
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+from test_router import Background
 
 import sage_nb as snb
-from sage_nb.communication import RPCQueueDescriptor, RPCQueueServer
+from sage_nb.communication import (
+    BaseRouter,
+    BroadcastGroup,
+    Connection,
+    Packet,
+    RPCQueueDescriptor,
+    RPCQueueServer,
+)
+from sage_nb.communication.rpc_queue import RPCQueueProxy
+from sage_nb.errors import Cancelled, DeliveryError
+from sage_nb.testing import wait_for
 
 
 def test_rpc_edge_gives_the_same_answers(no_leak):
@@ -68,3 +81,64 @@ def test_edges_into_one_operator_must_agree_on_the_queue_kind():
         a.via("rpc").union(b).map(abs, name="m")
     with pytest.raises(snb.GraphError, match="unknown queue kind 'zmq'"):
         a.via("zmq")
+
+
+@pytest.fixture
+def round_trips(monkeypatch) -> collections.Counter:
+    """Every call an RPC queue client makes to its server, by operation (the calls still happen)."""
+    calls: collections.Counter = collections.Counter()
+    call = RPCQueueProxy._call
+
+    def counted(self, header, blobs=()):
+        calls[header["op"]] += 1
+        return call(self, header, blobs)
+
+    monkeypatch.setattr(RPCQueueProxy, "_call", counted)
+    return calls
+
+
+def test_an_rpc_edge_moves_batches_not_a_round_trip_per_packet(no_leak, round_trips):
+    p = snb.Pipeline("rpc-batches")
+    p.from_iterable(range(5000), name="src").via("rpc").map(lambda x: x + 1, name="m").sink(name="out")
+    job = p.run()
+    assert job.wait(timeout=60).results("out") == list(range(1, 5001))
+    assert round_trips["put"] <= 5000 // 20, round_trips  # a round trip per batch, not per packet
+    assert job.snapshot().task("m[0]").packets_in == 5000
+
+    round_trips.clear()
+    job = p.run(batch_size=1)
+    assert job.wait(timeout=60).results("out") == list(range(1, 5001))
+    assert round_trips["put"] >= 5000  # packet by packet, as asked
+
+
+def _blocked_rpc_router(server: RPCQueueServer, **kw) -> tuple[BaseRouter, Connection]:
+    """A batching router whose only connection is an RPC queue with room for 2, holding 1 item."""
+    qd = server.descriptor(queue_id=f"full-{len(kw)}-{time.monotonic_ns()}", maxsize=2)
+    qd.put("filler")
+    conn = Connection(0, 0, "m[0]", qd, 0, "src[0]")
+    return BaseRouter("src[0]", [BroadcastGroup(0, "m", "round_robin", (conn,))], batch_size=3, **kw), conn
+
+
+def test_a_batch_into_a_full_rpc_queue_blocks_cancellably_and_counts_what_went_in(no_leak):
+    with RPCQueueServer() as server:
+        r, c = _blocked_rpc_router(server, put_timeout=0.2)
+        with pytest.raises(DeliveryError, match=r"src\[0\] -> m\[0\]: .*put_timeout=0\.2"):
+            for x in "xyz":
+                r.send(Packet(x))  # the third ships the batch: one fits
+        assert c.packets_sent == 1 and c.queue.get_many(10) == ["filler", Packet("x")] and not r.blocked
+
+        r, c = _blocked_rpc_router(server, cancel=threading.Event())
+        sending = Background(lambda: [r.send(Packet(x)) for x in "xyz"])
+        wait_for(lambda: r.blocked, timeout=5)
+        assert c.queue.get_many(2) == ["filler", Packet("x")]  # room for the rest
+        sending.join()
+        assert sending.error is None and c.packets_sent == 3
+        assert [p.payload for p in c.queue.get_many(10)] == ["y", "z"]
+
+        cancel = threading.Event()
+        r, c = _blocked_rpc_router(server, cancel=cancel)
+        sending = Background(lambda: [r.send(Packet(x)) for x in "xyz"])
+        wait_for(lambda: r.blocked, timeout=5)
+        cancel.set()
+        sending.join()
+        assert isinstance(sending.error, Cancelled) and c.packets_sent == 1

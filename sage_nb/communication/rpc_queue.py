@@ -126,6 +126,8 @@ class RPCQueueProxy:
     nothing with it.
     """
 
+    puts_batches = True  # a router delivers a batch with put_many: one round trip, not one per item
+
     def __init__(self, host: str, port: int, queue_id: str, maxsize: int, secret: bytes,
                  connect_timeout: float = 3.0) -> None:
         self.where, self.queue_id, self.maxsize = f"{host}:{port}", queue_id, maxsize

@@ -284,6 +284,9 @@ class Shipper:
             if _fast_queue(q):
                 done[0] = q.offer(items, 0)
                 return
+            if getattr(q, "puts_batches", False):
+                self._put_many(q, items, done, False, None)
+                return
             for item in items:
                 q.put(item, False)
                 done[0] += 1
@@ -297,7 +300,10 @@ class Shipper:
             q.put_many(items)
             done[0] = len(items)
             return
-        if not _fast_queue(q):  # a queue that overrides put (or is remote) takes them one by one
+        if getattr(q, "puts_batches", False):  # a remote queue: as few round trips as its room allows
+            self._deliver_remote(conn, q, items, done)
+            return
+        if not _fast_queue(q):  # a queue that overrides put takes them one by one
             for item in items:
                 self._put(conn, item)
                 done[0] += 1
@@ -317,6 +323,41 @@ class Shipper:
                     self.blocked_time += time.monotonic() - start
         except QueueShutDown:
             raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+
+    def _deliver_remote(self, conn: Connection, q: Any, items: list, done: list[int]) -> None:
+        """``_deliver`` through a queue whose ``put_many`` puts what fits and says how much
+        (``queue.Full.accepted``): one call per wait slice while it is full, cancellable,
+        failing after ``put_timeout``, like a blocked ``_put``."""
+        start, n = 0.0, len(items)
+        try:
+            while True:
+                try:
+                    self._put_many(q, items, done, bool(start), self.poll_interval)
+                    return
+                except queue.Full:
+                    if done[0] == n:  # (a queue that raised after taking the last item)
+                        return
+                if not start:
+                    start, self.blocked = time.monotonic(), True
+                self._still_waiting(conn, start)
+        except QueueShutDown:
+            raise Cancelled(f"{self.name}: job stopping; not delivered to {conn.target_name}") from None
+        finally:
+            if start:
+                self.blocked = False
+                self.blocked_time += time.monotonic() - start
+
+    @staticmethod
+    def _put_many(q: Any, items: list, done: list[int], block: bool, timeout: float | None) -> None:
+        """``q.put_many`` of the items from ``done[0]`` on; ``done[0]`` counts what it took, also
+        when it raises ``queue.Full`` (then its ``accepted``)."""
+        rest = items[done[0]:] if done[0] else items
+        try:
+            q.put_many(rest, block, timeout)
+        except queue.Full as exc:
+            done[0] += getattr(exc, "accepted", 0)
+            raise
+        done[0] += len(rest)
 
     def _wait_room(self, conn: Connection, q: Any, start: float) -> None:
         waited = self._still_waiting(conn, start)

@@ -15,7 +15,8 @@ routed to each connection and ships them as one pickled chunk with one ``put``:
 
 A connection has at most one batch in flight, and the next leaves only once the previous
 is stored, so FIFO per connection holds and a full queue blocks its producer (nothing is
-dropped). Queues that are not Ray queues (RPC edges) take packets one by one, unbuffered.
+dropped). An RPC edge's buffer is shipped the same way, with one synchronous ``put_many``
+(as few round trips as the queue's room allows) instead of a put in flight.
 
 With batches on (``batch_size > 1``), one round-robin or key-function group of Ray queues
 takes :class:`~sage_nb.communication.packet.Bundle` s, as a threads job's queues do: an
@@ -66,8 +67,10 @@ class BatchingRouter(BaseRouter):
         self.error: BaseException | None = None
         self.gathered: list = []  # a source's items, not routed yet (see gather)
         self.gathered_at = 0.0
-        for c in self.connections:  # other queues (RPC edges) take packets one by one, unbuffered
-            c.buffer, c.units, c.inflight, c.batched = [], 0, None, isinstance(c.queue, RayQueueProxy)
+        for c in self.connections:  # Ray and RPC queues take batches; other queues packet by packet
+            c.buffer, c.units, c.inflight = [], 0, None
+            c.ray = isinstance(c.queue, RayQueueProxy)
+            c.batched = c.ray or getattr(c.queue, "puts_batches", False)
 
     def send(self, packet: Any) -> int:
         return self._sending(super().send, packet)
@@ -96,7 +99,7 @@ class BatchingRouter(BaseRouter):
         if ok is None:
             g = self._lane
             ok = self._bundling = g is not None and self.batch > 1 and \
-                (g.key is not None or g.strategy == "round_robin") and all(c.batched for c in g.connections)
+                (g.key is not None or g.strategy == "round_robin") and all(c.ray for c in g.connections)
         return ok and self.watch is None and not self.closed
 
     def routes_in_bulk(self) -> bool:
@@ -185,8 +188,13 @@ class BatchingRouter(BaseRouter):
                 self._settle(c)
 
     def _ship(self, conn: Any) -> None:
-        self._settle(conn)
         buf, n = conn.buffer, conn.units
+        if not conn.ray:  # an RPC edge: delivered now
+            conn.buffer, conn.units = [], 0
+            self.pending -= n
+            self._deliver_remote(conn, conn.queue, buf, [0])
+            return
+        self._settle(conn)
         wait = SLICE if self.put_timeout is None else min(SLICE, self.put_timeout)
         blob = encode(buf)
         conn.inflight = (conn.queue.submit_put(blob, 0, n, wait), blob, n, time.monotonic())
