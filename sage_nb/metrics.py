@@ -76,6 +76,20 @@ class Trace:
         return events if n is None else events[-n:]
 
 
+def packet_text(packet: Any) -> str | None:
+    """How an error names what it was on: ``#<trace id> <payload>`` for a packet, the item's repr
+    for an item that had no packet yet (a source's, a chained operator's); None for nothing.
+
+    >>> packet_text(None), packet_text(37)
+    (None, '37')
+    """
+    if packet is None:
+        return None
+    if hasattr(packet, "seq"):
+        return f"#{packet.seq} {packet.payload!r:.200}"
+    return f"{packet!r:.200}"
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     """Where a job failed: node, instance, the packet's payload (repr) and the traceback."""

@@ -72,6 +72,31 @@ def test_t17_operator_raises_on_packet_37(backend, no_leak, maxsize):
     assert snap.task("parse[0]").error.startswith("ValueError")
 
 
+@pytest.mark.parametrize("source", ["generator", "in-memory"])
+def test_t17_a_key_function_raising_names_the_source_and_the_item(backend, no_leak, source):
+    """The key function of a ``key_by`` edge runs where an item is routed: one by one for a
+    generator's items (on Ray: as they are gathered), a chunk at a time for an in-memory
+    source's. Either way the error names the source's instance and item 37, and exactly the
+    items before it arrive."""
+    def key(x):
+        if x == 37:
+            raise KeyError(f"no key for {x}")
+        return x % 3
+
+    def items():
+        yield from range(1, 101)
+
+    p = snb.Pipeline("t17-key")
+    src = p.from_source(items, name="src") if source == "generator" else p.from_iterable(range(1, 101), name="src")
+    src.key_by(key).map(abs, name="m", parallelism=2).sink(name="out")
+    job = p.run(backend=backend)
+    e = _failed(job).value
+    assert (e.node, e.instance) == ("src", "src[0]")
+    assert type(e.__cause__) is KeyError and "no key for 37" in str(e)
+    assert str(e.packet).endswith(" 37") or e.packet == "37", e.packet
+    assert sorted(job.results("out")) == list(range(1, 37))
+
+
 # --------------------------------------------------------------------------- T18
 def _broken_source():
     yield from range(10)

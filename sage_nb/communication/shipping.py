@@ -101,9 +101,12 @@ class Shipper:
         input 0. Through one round-robin or key-function (hash) group of in-process queues it
         stays a bundle: each instance gets its share (the packets it would get one by one, in
         order, with their keys) as one entry; the trace is offered the first decision.
-        Elsewhere it travels as packets. Returns the deliveries."""
+        Elsewhere it travels as packets. Returns the deliveries. (``b.keys``, if set, are the
+        group's key function's keys for its payloads, computed already.)"""
         n = len(b)
         if not self.bundles():
+            if b.keys is not None:
+                b = Bundle(b.payloads, b.seqs, b.created)
             return self.send_many(b.packets(), True, True) if n else 0
         if not n:
             return 0
@@ -134,7 +137,7 @@ class Shipper:
     def _hash_shares(self, g: BroadcastGroup, b: Bundle) -> tuple[list[Bundle], int]:
         """Each instance's share of ``b`` by the key of each packet (``_hash_many``'s rule), keys
         included, and the instance of the first packet."""
-        keys = list(map(g.key, b.payloads))  # type: ignore[arg-type]
+        keys = b.keys if b.keys is not None else list(map(g.key, b.payloads))  # type: ignore[arg-type]
         size, cache, owner = len(g.connections), self._owners, self._owner
         if size == 1:
             return [Bundle(b.payloads, b.seqs, b.created, 0, keys)], 0
@@ -153,6 +156,10 @@ class Shipper:
             seq[i](n)
             key_of[i](key)
         return shares, next(i for i, s in enumerate(shares) if s.seqs and s.seqs[0] == b.seqs[0])
+
+    def bundle_key(self) -> Any:
+        """The key function a bundle sent now is split by (None: round-robin, or not kept whole)."""
+        return self._lane.key if self.bundles() else None
 
     def bundles(self) -> bool:
         """Whether :meth:`send_bundle` sends bundles now: one round-robin or key-function group

@@ -12,7 +12,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown, QueueStats
-from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace
+from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace, packet_text
 from .batching import Flusher, check_batching
 from .chain import link
 from .service import ServiceCaller, ServiceRunner
@@ -105,11 +105,8 @@ class Dispatcher:
             first = self.exception is None
             if first:
                 self.exception = exc
-                payload = getattr(packet, "payload", packet)
                 self.error = ErrorInfo(
-                    task.ctx.operator, task.ctx.name, f"{type(exc).__name__}: {exc}",
-                    None if packet is None else  # a chained operator's item has no packet
-                    f"#{packet.seq} {payload!r:.200}" if hasattr(packet, "seq") else f"{payload!r:.200}",
+                    task.ctx.operator, task.ctx.name, f"{type(exc).__name__}: {exc}", packet_text(packet),
                     "".join(traceback.format_exception(exc)))
         if first:  # stop the sources, let in-flight packets drain; cancel all after a deadline
             self.control.stopping = True

@@ -21,7 +21,7 @@ from typing import Any
 from ..communication.local_queue import QueueShutDown
 from ..communication.ray_queue import RayQueueDescriptor, RayQueueProxy, encode, manager_handle
 from ..errors import Cancelled, SageError
-from ..metrics import Trace
+from ..metrics import Trace, packet_text
 from .ray_router import IDLE_LINGER, SLICE, BatchingInput, BatchingRouter
 from .service import ServiceCaller, ServiceRunner
 from .task import BaseTask, Control
@@ -48,9 +48,8 @@ def failure_info(node: str, instance: str, exc: BaseException, packet: Any) -> d
         with contextlib.suppress(Exception):  # what cannot travel is rebuilt from the text
             blob = encode(travelling)
             break
-    payload = getattr(packet, "payload", packet)
     return {"node": node, "instance": instance, "message": f"{type(exc).__name__}: {exc}",
-            "packet": None if packet is None else f"#{getattr(packet, 'seq', '?')} {payload!r:.200}",
+            "packet": packet_text(packet),
             "traceback": "".join(traceback.format_exception(exc)), "exception": blob}
 
 

@@ -66,6 +66,7 @@ class BatchingRouter(BaseRouter):
         self.last_flush = time.monotonic()
         self.error: BaseException | None = None
         self.gathered: list = []  # a source's items, not routed yet (see gather)
+        self.gathered_keys: list = []  # and their keys (a key_by edge)
         self.gathered_at = 0.0
         for c in self.connections:  # Ray and RPC queues take batches; other queues packet by packet
             c.buffer, c.units, c.inflight = [], 0, None
@@ -106,17 +107,20 @@ class BatchingRouter(BaseRouter):
         return self.bundles()
 
     def gathers(self) -> bool:
-        """Whether a source's items may wait as plain payloads (:meth:`gather`): bundles on,
-        round-robin (no key function runs later than the item's own turn)."""
-        return self.bundles() and self._lane.key is None  # type: ignore[union-attr]
+        """Whether a source's items may wait as plain payloads (:meth:`gather`): bundles on."""
+        return self.bundles()
 
     def gather(self, item: Any) -> None:
-        """A source's next item, kept as a payload: the items are routed as one Bundle once
-        there is a batch for each instance, on every flush, and once the last flush is
-        ``linger`` old, as packets routed one by one would leave their buffers."""
+        """A source's next item, kept as a payload (with its key on a ``key_by`` edge: the key
+        function runs now, so an error in it names this item): the items are routed as one
+        Bundle once there is a batch for each instance, on every flush, and once the last
+        flush is ``linger`` old, as packets routed one by one would leave their buffers."""
         with self.lock:
             if self.error is not None:
                 raise self.error
+            key = self._lane.key  # type: ignore[union-attr]
+            if key is not None:
+                self.gathered_keys.append(key(item))
             g = self.gathered
             if not g:
                 self.gathered_at = time.monotonic()
@@ -133,6 +137,8 @@ class BatchingRouter(BaseRouter):
             self.pending -= len(items)
             b = Bundle.fresh(items)
             b.created = self.gathered_at
+            if self.gathered_keys:
+                b.keys, self.gathered_keys = self.gathered_keys, []
             super().send_bundle(b)
 
     def _ship_bundle(self, conn: Any, b: Bundle) -> None:

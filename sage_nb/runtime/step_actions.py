@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..communication.packet import Packet, StopSignal
 from ..errors import ProtocolError, ServiceError
-from ..metrics import ErrorInfo
+from ..metrics import ErrorInfo, packet_text
 from .recording import StepEvent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,7 +168,5 @@ class SyncCaller:
 
 def error_info(node: str, instance: str, exc: BaseException, packet: Any) -> ErrorInfo:
     """Where a job failed, in the words the threads backend uses."""
-    payload = getattr(packet, "payload", packet)
-    return ErrorInfo(node, instance, f"{type(exc).__name__}: {exc}",
-                     None if packet is None else f"#{getattr(packet, 'seq', '?')} {payload!r:.200}",
+    return ErrorInfo(node, instance, f"{type(exc).__name__}: {exc}", packet_text(packet),
                      "".join(traceback.format_exception(exc)))

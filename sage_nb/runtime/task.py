@@ -520,7 +520,7 @@ class BaseTask:
                 self.emit(chunk)
                 continue
             if bundles:  # no packet object: the chunk travels as one entry per queue
-                router.send_bundle(Bundle.fresh(chunk))
+                self._route(Bundle.fresh(chunk))
             else:
                 router.send_many(fresh_many(chunk), True, True)
             self.packets_in += len(chunk)
@@ -753,10 +753,11 @@ class BaseTask:
             self.packets_in += len(items)
             self.last = items[-5:]
             if kind != "sink":
+                self.current = None
                 try:
                     self._send_bundle(b, done)
-                except BaseException:  # routing failed (a key function raised, a cancel)
-                    self._at, self.current, self._leftover = -1, None, batch[i + 1:]
+                except BaseException:  # routing failed (a key function raised: current names it; a cancel)
+                    self._at, self._leftover = -1, batch[i + 1:]
                     raise
 
     def _send_bundle(self, b: Bundle, done: list[Any]) -> None:
@@ -767,7 +768,27 @@ class BaseTask:
         if self.chain_next is not None:  # this task heads a chain: plain items into it
             self.emit(out.payloads)
         else:
-            self.router.send_bundle(out)
+            self._route(out)
+
+    def _route(self, b: Bundle) -> None:
+        """``router.send_bundle(b)``. On a ``key_by`` edge the keys are computed first: when the
+        key function raises on packet k, the packets before it go on, as they would one by one,
+        and ``current`` names packet k."""
+        key = self.router.bundle_key()
+        if key is not None:
+            keys: list[Any] = []
+            try:
+                keys.extend(map(key, b.payloads))  # (extend keeps the keys made before an error)
+            except BaseException:
+                k = len(keys)
+                self.current = b.packet(k)
+                if k:
+                    head = b.pick(slice(0, k))
+                    head.keys = keys
+                    self.router.send_bundle(head)
+                raise
+            b.keys = keys
+        self.router.send_bundle(b)
 
     def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None:
         key = (sig.sender, sig.input_index)
