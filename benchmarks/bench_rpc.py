@@ -3,7 +3,9 @@
 A server runs in this process; a producer process puts ``n`` :class:`Packet` objects in
 batches of ``--batch`` and a consumer process gets them in batches of the same size, both
 over authenticated TCP loopback. The time runs from the moment both are released until the
-consumer holds the last packet. Prints one JSON line (median of ``--runs``).
+consumer holds the last packet. Then a pipeline, source -> (RPC edge) -> map -> sink on
+threads with default settings and with ``batch_size=1``: a batch crosses the edge in one
+round trip, a packet at a time one each. Prints one JSON line per case (median of ``--runs``).
 
     .venv/bin/python benchmarks/bench_rpc.py --n 200000 --batch 256 --runs 3
 """
@@ -70,6 +72,19 @@ def run_once(n: int, batch: int, maxsize: int) -> float:
         return n / (end - start)
 
 
+def pipeline_rate(n: int, **options) -> float:
+    """Packets/s of ``from_iterable(range(n))`` -> (RPC edge) -> map -> sink on threads."""
+    import sage_nb as snb
+
+    p = snb.Pipeline("bench-rpc-edge")
+    p.from_iterable(range(n), name="src").via("rpc").map(abs, name="m").sink(name="out")
+    start = time.perf_counter()
+    job = p.run(**options).wait(600)
+    rate = n / (time.perf_counter() - start)
+    assert len(job.results("out")) == n, len(job.results("out"))
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -84,6 +99,10 @@ def main() -> None:
         "min": round(min(rates)), "max": round(max(rates)),
         "python": platform.python_version(), "cpus": mp.cpu_count(),
     }))
+    for name, options, n in (("default", {}, args.n), ("batch_size=1", {"batch_size": 1}, args.n // 20)):
+        rates = [pipeline_rate(n, **options) for _ in range(args.runs)]
+        print(json.dumps({"bench": "rpc_edge_pipeline_threads", "settings": name, "n": n,
+                          "packets_per_s": round(statistics.median(rates))}))
 
 
 if __name__ == "__main__":
