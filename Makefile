@@ -35,8 +35,9 @@ $(VENV)/.bench: pyproject.toml | $(VENV)/.dev
 	$(PIP) install -e '.[dev,bench]'
 	touch $@
 
-bench: $(VENV)/.bench         ## throughput/latency against the raw references and the peers, in one run
+bench: $(VENV)/.bench         ## throughput/latency against the raw references and the peers; then Ray's
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench_ray.py
 
 lab: $(VENV)/.dev             ## open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/
