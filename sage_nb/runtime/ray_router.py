@@ -20,9 +20,10 @@ dropped). An RPC edge's buffer is shipped the same way, with one synchronous ``p
 
 With batches on (``batch_size > 1``), one round-robin or key-function group of Ray queues
 takes :class:`~sage_nb.communication.packet.Bundle` s, as a threads job's queues do: an
-in-memory source's chunk, a map's or filter's output for one, and (round-robin) the items a
-source gathered until their batch leaves travel by column (payloads, trace ids, keys), with
-no packet object made or pickled; buffers and queues count them in packets.
+in-memory source's chunk, a map's or filter's output for one, and the items a generator
+source gathered (:meth:`BatchingRouter.gather`) until their batch leaves travel by column
+(payloads, trace ids, keys), with no packet object made or pickled; buffers and queues count
+them in packets.
 """
 
 from __future__ import annotations
