@@ -44,6 +44,36 @@ def test_a_source_that_waits_for_its_own_packets_is_not_held_back(no_leak, batch
     assert missed == []
 
 
+@pytest.mark.parametrize("batch_size", [1, None])
+def test_what_a_source_kept_reaches_the_sink_while_the_source_waits_in_user_code(no_leak, batch_size):
+    """The map is busy when "a" comes (nobody waits for it: the source keeps it for a batch),
+    then the generator waits in user code until the sink has "a": the job's flusher routes it."""
+    a_kept, released = threading.Event(), threading.Event()
+    waited = []
+
+    def items():
+        yield "x0"
+        yield "a"
+        a_kept.set()  # the source asked for the next item: "a" is gathered
+        waited.append(released.wait(10))
+        yield "b"
+
+    def busy(x: str) -> str:
+        if x == "x0":
+            a_kept.wait(10)
+        return x
+
+    def sink(x: str) -> None:
+        if x == "a":
+            released.set()
+
+    p = snb.Pipeline(f"batching-kept-{batch_size}")
+    p.from_source(items, name="src").map(busy, name="map").sink(sink, name="out")
+    job = p.run(batch_size=batch_size, linger=0.005)
+    finished(job)
+    assert waited == [True]
+
+
 def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak):
     """The map blocks in user code on item 3 until the sink has seen items 0-2: the linger
     flusher ships them meanwhile (they are in the map's buffer, not in a full batch)."""

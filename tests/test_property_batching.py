@@ -68,13 +68,25 @@ def _key(item: tuple) -> int:
     return mod7(item[0])
 
 
-def tagged(g: nx.DiGraph) -> nx.DiGraph:
-    """``g`` with tagging operators (a filter becomes a flat_map keeping 0 or 1 item)."""
+def _generator(items: list) -> Any:
+    def items_one_by_one():
+        yield from items
+    return items_one_by_one
+
+
+def tagged(g: nx.DiGraph, generators: bool = False) -> nx.DiGraph:
+    """``g`` with tagging operators (a filter becomes a flat_map keeping 0 or 1 item); with
+    ``generators``, every source is one instance that yields its items from a generator
+    function (they travel gathered, not as an in-memory sequence's chunks; same outputs)."""
     h = g.copy()
     for v, d in h.nodes(data=True):
         if d["kind"] == "source":
+            if generators:
+                d["parallelism"] = 1
             p = d["parallelism"]  # a sequence is split by stride between the instances
             d["items"] = [(x, (f"{v}[{i % p}]", i)) for i, x in enumerate(d["items"])]
+            if generators:
+                d["fn"] = _generator(d.pop("items"))
             continue
         kind = d["kind"]
         d["fn"] = type(f"Tagged_{v}", (_Tagged,), {"kind": kind, "f": staticmethod(d["fn"] or (lambda x: x))})
@@ -87,18 +99,18 @@ def tagged(g: nx.DiGraph) -> nx.DiGraph:
 
 
 @pytest.mark.timeout(180)
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=80, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(g=dags(), batch_size=st.sampled_from([1, 2, 3, 7, 64, 256]),
        linger=st.sampled_from([0.0005, 0.002, 0.05]), queue_maxsize=st.sampled_from([1, 3, 64, 1024]),
-       chain=st.booleans())
+       chain=st.booleans(), generators=st.sampled_from([False, True, True]))
 def test_batching_keeps_outputs_and_per_connection_order(no_leak, g, batch_size, linger, queue_maxsize,
-                                                         chain):
+                                                         chain, generators):
     expected = expected_outputs(g)
     assume(sum(sum(c.values()) for c in expected.values()) <= MAX_DELIVERED)
     sinks = [v for v in g.nodes if g.nodes[v]["kind"] == "sink"]
     _received.clear()
-    job = snb.run(tagged(g), batch_size=batch_size, linger=linger, queue_maxsize=queue_maxsize,
+    job = snb.run(tagged(g, generators), batch_size=batch_size, linger=linger, queue_maxsize=queue_maxsize,
                   chain=chain)
     snap = finished(job)
     for sink in sinks:

@@ -9,7 +9,7 @@ import time
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_router import Background, ListTracer, group, payloads
+from test_router import Background, ListTracer, contents, group, payloads
 
 from sage_nb.communication import BaseRouter, Bundle, Packet, StopSignal
 from sage_nb.errors import Cancelled, DeliveryError
@@ -280,3 +280,103 @@ def test_bundles_go_as_packets_to_a_breakpoint_a_broadcast_or_without_batching()
     assert router(group(0, "m", "hash", 2, key=len), batch_size=8).bundles()
     assert not router(group(0, "m", "broadcast", 2), batch_size=8).bundles()
     assert not router(group(0, "m", "round_robin", 2), batch_size=1).bundles()
+
+
+# --------------------------------------------------------------------------- a source's items
+def test_a_source_gathers_its_items_and_routes_them_as_one_bundle_per_instance():
+    g = group(0, "m", "round_robin", 2)
+    r = router(g, batch_size=3)
+    gather = r.gatherer()
+    for x in range(5):
+        gather(x)
+    assert payloads(g) == [[], []] and r.buffered() == 5  # no reader waits: a batch for each first
+    gather(5)
+    assert payloads(g) == [[0, 2, 4], [1, 3, 5]] and sent(r) == [3, 3]
+    assert [c.batches_sent for c in r.connections] == [1, 1]  # one entry each
+    ids = [p.seq for items in contents(g) for p in items]
+    assert sorted(ids) == list(range(min(ids), min(ids) + 6))  # taken at once, in order
+    gather(6)
+    r.flush()  # the task is about to wait, pause or end: what was gathered goes
+    gather(7)
+    r.send_stop_signal()  # and before the stop signals
+    assert [[getattr(p, "payload", p) for p in items] for items in contents(g)] == \
+        [[0, 2, 4, 6, StopSignal(SENDER, 0)], [1, 3, 5, 7, StopSignal(SENDER, 0)]]
+    assert r.buffered() == 0
+
+
+def test_a_gathered_item_goes_at_once_to_a_reader_that_waits():
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=100)
+    gather = r.gatherer()
+    q = g.connections[0].queue
+    reader = Background(lambda: q.get_many(10))
+    wait_for(lambda: q.hungry, timeout=5)
+    gather("awaited")
+    reader.join()
+    assert [p.payload for p in reader.result[0].packets()] == ["awaited"]
+    gather("kept")  # nobody waits now
+    assert r.buffered() == 1
+
+
+def test_gathered_items_are_split_by_key_as_packets_sent_one_by_one():
+    def key(v: int) -> int:
+        return v % 5
+
+    gathered, one_by_one = group(0, "m", "hash", 3, key=key), group(0, "m", "hash", 3, key=key)
+    r, r1 = router(gathered, batch_size=100), router(one_by_one, batch_size=100)
+    gather = r.gatherer()
+    for x in range(12):
+        gather(x)
+        r1.send(Packet(x))
+    r.flush()
+    r1.flush()
+    assert payloads(gathered) == payloads(one_by_one)
+    assert [[(p.partition_key, p.partition_strategy) for p in items] for items in contents(gathered)] == \
+        [[(p.partition_key, p.partition_strategy) for p in items] for items in contents(one_by_one)]
+
+
+def test_a_key_that_cannot_be_partitioned_fails_when_its_item_is_gathered():
+    g = group(0, "m", "hash", 2, key=lambda v: [v] if v == 3 else v)
+    r = router(g, batch_size=100)
+    gather = r.gatherer()
+    for x in range(3):
+        gather(x)
+    with pytest.raises(TypeError, match="cannot hash-partition a key of type list"):
+        gather(3)  # in the source's thread: the error names this item
+    r.send_stop_signal()  # what came before goes on
+    assert sorted(p.payload for items in contents(g) for p in items if p.__class__ is Packet) == [0, 1, 2]
+
+
+def test_the_flusher_routes_a_sources_items_only_when_it_need_not_wait():
+    g = group(0, "m", "round_robin", 1, maxsize=2)
+    r = router(g, batch_size=4)
+    gather = r.gatherer()
+    q = g.connections[0].queue
+    q.put(Packet("x"))
+    q.put(Packet("y"))
+    gather("a")
+    assert not r.route_gathered(block=False) and r.buffered() == 1  # the queue is full
+    q.get_many(10)
+    with r.gather_lock:  # the source is routing
+        assert not r.route_gathered(block=False)
+    assert r.route_gathered(block=False) and payloads(g) == [["a"]] and r.buffered() == 0
+
+
+def test_the_flusher_routes_what_a_busy_source_gathered():
+    from sage_nb.runtime.batching import Flusher
+
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=100)
+    done, cancel = threading.Event(), threading.Event()
+    f = Flusher([r], 0.002, done, cancel)
+    flusher = threading.Thread(target=f.run)
+    flusher.start()
+    try:
+        gather = r.gatherer()
+        gather("lonely")  # then the source is busy in user code: the flusher routes it
+        wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
+    finally:
+        done.set()
+        f.stop()
+        flusher.join(5)
+    assert not flusher.is_alive() and payloads(g) == [["lonely"]]

@@ -138,6 +138,12 @@ class BaseRouter(Shipper):
         self._bundling: bool | None = None  # whether bundles can go (decided at the first one)
         self.fan_out = len(self._lane.connections) if self._lane is not None else 1
         self.wake: Callable[[], Any] = _nothing  # called when a buffer stops being empty (the flusher's)
+        # a generator source's items not routed yet (gather), their keys, since when, and by whom
+        self.gathered: list[Any] = []
+        self.gathered_keys: list[Any] = []
+        self.gathered_at = 0.0
+        self.gather_lock = threading.Lock()
+        self.gather_routes = 0
         for c in self._conns:
             c.batch = []
             # a batch never exceeds its queue: a small queue keeps the pipeline short
@@ -295,6 +301,8 @@ class BaseRouter(Shipper):
 
     def send_stop_signal(self) -> int:
         """Send one :class:`StopSignal` on every connection (FIFO behind the data); returns the count."""
+        if self.gathered:  # a source's items go first
+            self.route_gathered()
         self.closed = True
         n = 0
         for g in self.groups:

@@ -9,9 +9,13 @@ packets, when its reader is hungry (waiting for input, nobody woke it yet), on `
 the task only appends, at the end, so FIFO per connection holds. ``packets_sent`` counts
 what was delivered, when it was delivered.
 
-A :class:`~sage_nb.communication.packet.Bundle` (an in-memory source's chunk, a map's or
-filter's output for one) skips the buffers: :meth:`Shipper.send_bundle` ships what waits on the
-connection, then puts the bundle's share as one entry, waiting for room for all its packets.
+A :class:`~sage_nb.communication.packet.Bundle` (an in-memory source's chunk, a generator
+source's gathered items, a map's or filter's output for one) skips the buffers:
+:meth:`Shipper.send_bundle` ships what waits on the connection, then puts the bundle's share as
+one entry, waiting for room for all its packets. A generator source keeps its items as plain
+payloads (:meth:`Shipper.gatherer`) until there is a batch for each instance or a reader waits;
+the job's flusher routes what it kept once that waited ``linger`` while the source was busy in
+user code, so a slow generator's item is not held back either.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled
@@ -31,6 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .router import BroadcastGroup
 
 __all__ = ["Shipper", "capacity"]
+
+_monotonic = time.monotonic
+_hungry = attrgetter("receiver.hungry")
 
 
 class Shipper:
@@ -45,11 +54,82 @@ class Shipper:
     _put: Any
     _conns: tuple[Connection, ...]
     _lane: Any
+    name: str
+    tracer: Any
+    batch_size: int
+    fan_out: int
+    gathered: list[Any]
+    gathered_keys: list[Any]
+    gathered_at: float
+    gather_lock: Any
+    gather_routes: int
 
     def gathers(self) -> bool:
-        """Whether a source may hand its items over as plain payloads (``gather(item)``): only a
-        router that routes them later, as one bundle (the Ray backend's)."""
-        return False
+        """Whether a generator source may hand its items over as plain payloads
+        (:meth:`gatherer`) to travel as bundles: when :meth:`bundles` go."""
+        return self.bundles()
+
+    def gatherer(self) -> Callable[[Any], None]:
+        """``gather(item)`` for a generator source's hot loop: keep the item as a payload (with
+        its key on a ``key_by`` edge: the key function runs now, so an error in it names this
+        item). What was kept is routed as one bundle (:meth:`route_gathered`) once there is a
+        batch for each instance or a reader waits for input; on :meth:`flush` and before the
+        stop signals; and by the job's flusher once it waited ``linger`` while the source was
+        busy in user code."""
+        g = self._lane
+        if g is None or not self.gathers():
+            raise RuntimeError(f"{self.name}: a source gathers only where bundles go (see gathers())")
+        kept, keys, key, conns = self.gathered, self.gathered_keys, g.key, g.connections
+        # a batch for each instance, as its queue allows: the source runs no further ahead
+        limit, route, size = sum(c.batch_limit for c in conns), self.route_gathered, len(conns)
+        for c in conns:  # their queues say when their readers wait (bundles go to LocalQueues only)
+            c.receiver = c.queue
+        one = conns[0]
+
+        def gather(item: Any) -> None:
+            if key is not None:
+                k = key(item)
+                t = type(k)
+                if t is not int and t is not str:
+                    partition(k, size)  # a key that cannot be partitioned fails here, naming its item
+                keys.append(k)  # (before the item: a prefix of the items always has its keys)
+            if not kept:
+                self.gathered_at = _monotonic()
+                kept.append(item)
+                self.wake()
+            else:
+                kept.append(item)
+            if len(kept) >= limit or (one.receiver.hungry if size == 1 else any(map(_hungry, conns))):
+                route()
+        return gather
+
+    def route_gathered(self, block: bool = True) -> bool:
+        """Route the items :meth:`gatherer` kept, in order, as one bundle. ``block=False`` (the
+        flusher) never waits: it gives up (returns False) when the source is routing, or when a
+        queue of the lane has no room for all of them."""
+        lock = self.gather_lock
+        if not lock.acquire(block):
+            return False
+        try:
+            kept = self.gathered
+            n = len(kept)  # the source may append meanwhile: a prefix is taken, at the end
+            if not n:
+                return True
+            g = self._lane
+            if not block and not all(_takes(c.queue, n) for c in g.connections):  # type: ignore[union-attr]
+                return False
+            b = Bundle.fresh(kept[:n])
+            del kept[:n]
+            b.created = self.gathered_at
+            if g.key is not None:  # type: ignore[union-attr]
+                keys = self.gathered_keys
+                b.keys = keys[:n]
+                del keys[:n]
+            self.gather_routes += 1
+            self.send_bundle(b)
+            return True
+        finally:
+            lock.release()
 
     def routes_in_bulk(self) -> bool:
         """Whether :meth:`send_many` moves unkeyed packets without a call per packet."""
@@ -235,11 +315,14 @@ class Shipper:
 
     # ------------------------------------------------------------------ shipping
     def buffered(self) -> int:
-        """Packets routed but still waiting in this router's buffers."""
-        return sum(len(c.batch) for c in self._conns) if self.batching else 0
+        """Packets waiting in this router: a source's items not routed yet, and those routed
+        but still in the buffers."""
+        return len(self.gathered) + (sum(len(c.batch) for c in self._conns) if self.batching else 0)
 
     def flush(self) -> None:
-        """Ship every buffered batch now (blocking while a queue is full)."""
+        """Route what a source gathered, ship every buffered batch now (blocking while a queue is full)."""
+        if self.gathered:
+            self.route_gathered()
         if self.batching:
             for c in self._conns:
                 if c.batch:
@@ -378,6 +461,11 @@ def _fast_queue(q: Any) -> bool:
     """A :class:`LocalQueue` whose ``put`` is its own: batches go in with ``offer``."""
     t = type(q)
     return issubclass(t, LocalQueue) and t.put is LocalQueue.put
+
+
+def _takes(q: LocalQueue, n: int) -> bool:
+    """Whether ``q`` takes ``n`` more packets now without waiting."""
+    return q.maxsize <= 0 or not q.size or q.size + n <= q.maxsize
 
 
 def capacity(conn: Connection) -> int:

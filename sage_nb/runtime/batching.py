@@ -5,9 +5,10 @@ ships a buffer with one put when it holds ``batch_size`` packets, when its task 
 to wait for input, before a pause and before the stop signals. Light traffic never waits
 for a full batch: a task ships to a receiver that is waiting for input at once, and the
 job's :class:`Flusher` ships whatever waited ``linger`` seconds (a slow source, slow user
-code). ``batch_size=1`` routes and delivers packet by packet (the teaching view). Unkeyed
-packets on a round-robin edge between thread tasks may travel as one
-:class:`~sage_nb.communication.packet.Bundle` entry (plain payloads and trace ids) instead.
+code). ``batch_size=1`` routes and delivers packet by packet (the teaching view). On a
+round-robin or ``key_by`` edge between thread tasks, an in-memory source's chunk, the items a
+generator source gathered and a map's or filter's output for them travel as one
+:class:`~sage_nb.communication.packet.Bundle` entry (plain payloads, trace ids, keys) instead.
 
 >>> check_batching(None, None)
 (1024, 0.005)
@@ -59,8 +60,9 @@ class Flusher:
     stops being empty; :meth:`stop` when the job ends).
 
     A buffer is shipped when it was not empty at the previous check and no batch left on its
-    connection since. The flusher never blocks on a full queue (it puts what fits) nor on a
-    router that is shipping: the task does that itself.
+    connection since; a source's gathered items likewise are routed when no bundle of them left
+    since. The flusher never blocks on a full queue (it puts what fits; gathered items wait for
+    room for all of them) nor on a router that is shipping: the task does that itself.
     """
 
     def __init__(self, routers: list[BaseRouter], linger: float, done: threading.Event,
@@ -84,6 +86,17 @@ class Flusher:
         while not done.is_set() and not cancel.is_set():
             wake.clear()  # before looking: a buffer that fills after the look wakes us
             waiting = False
+            for r in self.routers:  # a source's items, kept while it was busy in user code
+                if not r.gathered:
+                    continue
+                waiting = True
+                k = id(r)
+                if seen.get(k) == r.gather_routes:
+                    try:
+                        r.route_gathered(block=False)
+                    except (Cancelled, QueueShutDown):
+                        return
+                seen[k] = r.gather_routes
             for r, c in conns:
                 if not c.batch:
                     continue

@@ -111,6 +111,9 @@ class BatchingRouter(BaseRouter):
         """Whether a source's items may wait as plain payloads (:meth:`gather`): bundles on."""
         return self.bundles()
 
+    def gatherer(self) -> Any:
+        return self.gather
+
     def gather(self, item: Any) -> None:
         """A source's next item, kept as a payload (with its key on a ``key_by`` edge: the key
         function runs now, so an error in it names this item): the items are routed as one

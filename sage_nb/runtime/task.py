@@ -478,7 +478,8 @@ class BaseTask:
         if router.routes_in_bulk() and type(items) in _IN_MEMORY:
             self._run_chunks(items)  # items already in memory: no user code runs between them
             return
-        gather = router.gather if router.gathers() and not chained else None  # type: ignore[attr-defined]
+        # items kept as payloads, to travel as bundles (not under breakpoints: packets one by one)
+        gather = router.gatherer() if router.gathers() and not chained else None
         for item in items:
             if control.stopping:
                 if control.cancel.is_set():
@@ -489,8 +490,12 @@ class BaseTask:
             self.current = item
             if gather is None:
                 send(fresh(item))
-            else:
+            elif router.watch is None:
                 gather(item)
+            else:  # a breakpoint was set: what was kept goes first, then packet by packet
+                router.flush()
+                gather = None
+                send(fresh(item))
             self.packets_in += 1
             if chained:  # the chained operator runs now: the source may wait for its next item
                 self._hand_over(idle=False)
