@@ -10,7 +10,9 @@ from the driver, and the round trip of one actor call. Measured here:
   items carry no stamp). Goals: >= 200x the single put rate, >= 0.5x a direct actor push of
   256-item lists of ``range`` source -> map -> sink (no queue, 64 calls in flight; measured here).
 - **R3 latency**: one packet at a time through source -> map -> sink (the source stamps
-  ``time.time()``, the sink measures); p50 against the actor-call RTT. Goal: <= 4x.
+  ``time.time()``, the sink measures); p50 against the actor-call RTT. Goal: <= 4x. Also
+  measured: the same two hops through Ray's own ``ray.util.queue`` (driver -> queue -> actor
+  -> queue -> driver), what a hop through a queue actor costs on this machine.
 
 Prints one JSON line per figure and a summary.
 
@@ -62,6 +64,34 @@ def actor_rtt(ray, n: int) -> list[float]:
         out.append(time.perf_counter() - start)
     ray.kill(a)
     return out
+
+
+def queue_two_hops(ray, n: int, gap: float) -> list[float]:
+    """Ray's own queue path, one packet in flight: driver -> ``ray.util.queue.Queue`` -> an
+    actor that passes it on -> a second queue -> driver (seconds each; performance.md's
+    "one packet through driver->q1->map actor->q2->driver")."""
+    from ray.util.queue import Queue
+
+    @ray.remote(num_cpus=0)
+    class Relay:
+        def run(self, q1, q2, k):
+            for _ in range(k):
+                q2.put(q1.get())
+
+    q1, q2 = Queue(), Queue()
+    relay = Relay.remote()
+    done = relay.run.remote(q1, q2, n)
+    out = []
+    for i in range(n):
+        time.sleep(gap)
+        start = time.perf_counter()
+        q1.put(i)
+        q2.get(timeout=60)
+        out.append(time.perf_counter() - start)
+    ray.get(done)
+    for a in (relay, q1.actor, q2.actor):
+        ray.kill(a)
+    return out[5:]  # the first packets meet cold code paths
 
 
 def direct_push_rate(ray, n: int, batch: int = 256, window: int = 64) -> float:
@@ -230,6 +260,7 @@ def main() -> None:
     rate, startup = pipeline_rate(args.n)
     in_memory = memory_rate(args.n)
     latency = pipeline_latency(args.latency, 0.01)
+    ray_hops = queue_two_hops(ray, args.latency, 0.01)
     put_again = queue_put_rate(ray, args.puts)  # the box may have changed under us: report both
     figures.update({
         "queue_put_per_s": round(put_rate), "queue_put_per_s_after": round(put_again),
@@ -244,6 +275,7 @@ def main() -> None:
         "latency_p50_ms": round(_p50_ms(latency), 3),
         "latency_p99_ms": round(sorted(latency)[int(0.99 * (len(latency) - 1))] * 1e3, 3),
         "latency_ratio": round(_p50_ms(latency) / _p50_ms(rtt), 2), "latency_goal": "<= 4",
+        "ray_queue_two_hops_p50_ms": round(_p50_ms(ray_hops), 3),
     })
     print(json.dumps(figures))
     print(f"Queue.put x1: {put_rate:,.0f}/s (after: {put_again:,.0f}/s); direct actor push of 256-item "
@@ -253,7 +285,8 @@ def main() -> None:
               f"(goal >= 200x), {r / push_rate:.2f}x direct push (goal >= 0.5x)")
     print(f"actor start-up before the first packet: {startup:.1f} s")
     print(f"latency p50 {_p50_ms(latency):.2f} ms vs actor RTT p50 {_p50_ms(rtt):.2f} ms = "
-          f"{_p50_ms(latency) / _p50_ms(rtt):.1f}x (goal <= 4x)")
+          f"{_p50_ms(latency) / _p50_ms(rtt):.1f}x (goal <= 4x); Ray's own path through two "
+          f"ray.util.queue hops {_p50_ms(ray_hops):.2f} ms ({_p50_ms(ray_hops) / _p50_ms(rtt):.1f}x RTT)")
     ray.shutdown()
 
 

@@ -6,7 +6,8 @@ Prints one JSON line per measurement and a summary table with ratios:
   latency of one packet through two thread hops (written as the reference benchmark the targets
   were set against writes them);
 - sage_nb source -> map -> sink on threads with ``batch_size=1`` (packet by packet), with
-  the default settings (micro-batching), with ``chain=True`` (one task), and with ``key_by``
+  the default settings (micro-batching; an in-memory source, and a generator source as the
+  fused loop has), with ``chain=True`` (one task), and with ``key_by``
   (hash) before the map at p = 1 and at p = 4 (compared with its own p = 1);
 - p = 1 (default settings) under the live Inspector (rate 10), and the CPU its updater thread
   spent per update;
@@ -47,11 +48,16 @@ def _count_sink():
 
 
 def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool = False,
-                  costs: list[tuple[int, float, float, float]] | None = None, **run_options) -> float:
+                  costs: list[tuple[int, float, float, float]] | None = None, generator: bool = False,
+                  **run_options) -> float:
     """Seconds to run n packets; with ``inspect``, ``costs`` gets (updates, updater CPU s,
-    CPU s to create the Inspector, run s) for each run."""
-    p = snb.Pipeline(f"bench-p{parallelism}{'-hash' if key else ''}")
-    src = p.from_iterable(range(n), name="src")
+    CPU s to create the Inspector, run s) for each run. The source is ``range(n)`` in memory,
+    or with ``generator`` a generator function yielding it (as the fused loop's source)."""
+    p = snb.Pipeline(f"bench-p{parallelism}{'-hash' if key else ''}{'-gen' if generator else ''}")
+
+    def numbers():
+        yield from range(n)
+    src = p.from_source(numbers, name="src") if generator else p.from_iterable(range(n), name="src")
     if key:
         src = src.key_by(lambda x: x & 63)
     sink, box = _count_sink()
@@ -155,12 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     before = set(threading.enumerate())
     costs: list[tuple[int, float, float, float]] = []
     others = peers.available()
-    raw, fused, batched, b1, p1, chained, h1, p4, watched, *peer_rates = measure({
+    raw, fused, batched, b1, p1, gen, chained, h1, p4, watched, *peer_rates = measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "raw 3-stage threads, lists of 256": references.pipeline3_batched,
         "sage_nb threads batch_size=1": lambda k: sage_pipeline(k, batch_size=1),
         "sage_nb threads default": sage_pipeline,
+        "sage_nb threads default, generator source": lambda k: sage_pipeline(k, generator=True),
         "sage_nb threads default chain=True": lambda k: sage_pipeline(k, chain=True),
         "sage_nb threads default map p=1 hash": lambda k: sage_pipeline(k, 1, key=True),
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
@@ -188,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         ("sage_nb threads default", f"{med(p1):12,.0f}",
          f"{ratio(p1, fused):.3f}x fused (target >= 0.5x); {ratio(p1, batched):.2f}x raw lists; "
          f"{ratio(p1, raw):.2f}x raw"),
+        ("sage_nb threads default, generator source", f"{med(gen):12,.0f}",
+         f"{ratio(gen, fused):.3f}x fused; {ratio(gen, p1):.2f}x the in-memory source"),
         ("sage_nb threads default chain=True", f"{med(chained):12,.0f}",
          f"{ratio(chained, fused):.3f}x fused; {ratio(chained, p1):.2f}x default"),
         ("sage_nb threads default map p=1 hash", f"{med(h1):12,.0f}", f"{ratio(h1, p1):.2f}x default (no key)"),

@@ -26,9 +26,10 @@ def test_a_small_bench_run_prints_every_row_of_the_table(capsys):
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     names = [line.split("|")[1].strip() for line in table[1:]]
-    assert names[:9] == [
+    assert names[:10] == [
         "raw 3-stage queue.Queue(10000) threads", "raw fused loop", "raw 3-stage threads, lists of 256",
-        "sage_nb threads batch_size=1", "sage_nb threads default", "sage_nb threads default chain=True",
+        "sage_nb threads batch_size=1", "sage_nb threads default", "sage_nb threads default, generator source",
+        "sage_nb threads default chain=True",
         "sage_nb threads default map p=1 hash", "sage_nb threads default map p=4 hash",
         "sage_nb threads default under the Inspector"]
     assert names[-3:] == ["latency p50, raw two thread hops", "latency p50, sage_nb batch_size=1",
@@ -44,3 +45,5 @@ def test_the_ray_bench_pipelines_run_and_deliver_every_packet(ray_session):
     rate, startup = bench_ray.pipeline_rate(3000)
     assert rate > 0 and startup >= 0
     assert bench_ray.memory_rate(3000) > 0
+    hops = bench_ray.queue_two_hops(ray_session, 8, 0.0)  # Ray's own queue path, the latency reference
+    assert len(hops) == 3 and all(h > 0 for h in hops)
