@@ -3,6 +3,7 @@ batches, exact counters, stop signals behind the data, honest blocking."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -185,26 +186,34 @@ def test_a_flush_that_does_not_wait_puts_what_fits_and_keeps_the_rest_in_order()
     assert [p.payload for p in c.queue.peek()] == ["c"] and c.packets_sent == 3
 
 
-def test_the_flusher_ships_what_waited_longer_than_linger():
+@contextlib.contextmanager
+def flushing(r: BaseRouter, linger: float = 0.002):
+    """The job's flusher over ``r``, running in a thread; stopped and joined at the end."""
     from sage_nb.runtime.batching import Flusher
 
-    g = group(0, "m", "round_robin", 1)
-    r = router(g, batch_size=100)
     done, cancel = threading.Event(), threading.Event()
-    f = Flusher([r], 0.002, done, cancel)
+    f = Flusher([r], linger, done, cancel)
     flusher = threading.Thread(target=f.run)
     flusher.start()
     try:
+        yield
+    finally:
+        done.set()
+        f.stop()
+        flusher.join(5)
+    assert not flusher.is_alive()
+
+
+def test_the_flusher_ships_what_waited_longer_than_linger():
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=100)
+    with flushing(r):
         for n, x in enumerate(["lonely", "again"], 1):  # the flusher sleeps until a buffer fills
             r.send(Packet(x))
             started = time.monotonic()
             wait_for(lambda n=n: g.connections[0].packets_sent == n, timeout=5)
             assert time.monotonic() - started < 1.0
-    finally:
-        done.set()
-        f.stop()
-        flusher.join(5)
-    assert not flusher.is_alive() and payloads(g) == [["lonely", "again"]]
+    assert payloads(g) == [["lonely", "again"]]
 
 
 @given(strategy=st.sampled_from(["round_robin", "hash", "broadcast"]), n=st.integers(1, 4),
@@ -363,20 +372,10 @@ def test_the_flusher_routes_a_sources_items_only_when_it_need_not_wait():
 
 
 def test_the_flusher_routes_what_a_busy_source_gathered():
-    from sage_nb.runtime.batching import Flusher
-
     g = group(0, "m", "round_robin", 1)
     r = router(g, batch_size=100)
-    done, cancel = threading.Event(), threading.Event()
-    f = Flusher([r], 0.002, done, cancel)
-    flusher = threading.Thread(target=f.run)
-    flusher.start()
-    try:
+    with flushing(r):
         gather = r.gatherer()
         gather("lonely")  # then the source is busy in user code: the flusher routes it
         wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
-    finally:
-        done.set()
-        f.stop()
-        flusher.join(5)
-    assert not flusher.is_alive() and payloads(g) == [["lonely"]]
+    assert payloads(g) == [["lonely"]]

@@ -86,29 +86,27 @@ class Flusher:
         while not done.is_set() and not cancel.is_set():
             wake.clear()  # before looking: a buffer that fills after the look wakes us
             waiting = False
-            for r in self.routers:  # a source's items, kept while it was busy in user code
-                if not r.gathered:
-                    continue
-                waiting = True
-                k = id(r)
-                if seen.get(k) == r.gather_routes:
-                    try:
-                        r.route_gathered(block=False)
-                    except (Cancelled, QueueShutDown):
-                        return
-                seen[k] = r.gather_routes
-            for r, c in conns:
-                if not c.batch:
-                    continue
-                waiting = True
-                k = id(c)
-                if seen.get(k) == c.batches_sent:
-                    try:
-                        r._ship(c, block=False)
-                    except (Cancelled, QueueShutDown):  # the job is stopping
-                        return
-                seen[k] = c.batches_sent
+            try:
+                for r in self.routers:  # a source's items, kept while it was busy in user code
+                    if r.gathered:
+                        waiting = True
+                        _when_still(seen, r, "gather_routes", lambda r=r: r.route_gathered(block=False))
+                for r, c in conns:
+                    if c.batch:
+                        waiting = True
+                        _when_still(seen, c, "batches_sent", lambda r=r, c=c: r._ship(c, block=False))
+            except (Cancelled, QueueShutDown):  # the job is stopping
+                return
             if waiting:
                 done.wait(self.tick)
             else:  # (a second at most: the job's end is seen even without stop())
                 wake.wait(1.0)
+
+
+def _when_still(seen: dict[int, int], what: Any, departures: str, send: Any) -> None:
+    """``send()`` if nothing left ``what`` since the previous look (its count of departures,
+    the attribute ``departures``, is what it was then)."""
+    k = id(what)
+    if seen.get(k) == getattr(what, departures):
+        send()
+    seen[k] = getattr(what, departures)
