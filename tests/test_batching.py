@@ -8,6 +8,7 @@ import pytest
 from _reliability import finished
 
 import sage_nb as snb
+from sage_nb.testing import wait_for
 
 
 def test_batch_size_and_linger_are_validated_when_the_job_is_made(no_leak):
@@ -181,3 +182,44 @@ def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(bundled, n
         assert task.packets_in == 300 * len(owned)
         assert len(task.top_keys) == min(5, len(owned)) and all(n == 300 for _, n in task.top_keys)
         assert {k for k, _ in task.top_keys} <= {repr(k) for k in owned}
+
+
+def test_a_generator_source_paused_and_resumed_loses_nothing(no_leak):
+    """The source keeps items for its next bundle; a pause routes them first, and the run goes
+    on in order after resume."""
+    p = snb.Pipeline("batching-pause-generator")
+
+    def items():
+        yield from range(3000)
+
+    p.from_source(items, name="src").map(lambda x: x + 1, name="m").sink(name="out")
+    job = p.run(queue_maxsize=16)
+    job.pause()
+    wait_for(lambda: job.snapshot().status == "PAUSED", timeout=5)
+    job.resume()
+    assert job.wait(timeout=30).results("out") == list(range(1, 3001))
+    snap = job.snapshot()
+    assert snap.task("src[0]").packets_out == snap.task("out[0]").packets_in == 3000
+
+
+def test_a_breakpoint_set_while_a_generator_source_runs_sees_each_later_packet(no_leak):
+    """The source gathers items into bundles; once a breakpoint is set it sends packets one
+    by one, so the breakpoint sees every packet that comes after, and nothing is lost."""
+    from test_breakpoints import _collect_hits
+
+    release = threading.Event()
+
+    def items():
+        yield from range(10)
+        release.wait(10)  # the breakpoint is set meanwhile
+        yield from range(10, 20)
+
+    p = snb.Pipeline("batching-breakpoint-generator")
+    p.from_source(items, name="src").map(lambda x: x * 10, name="m").sink(name="out")
+    job = p.run(queue_maxsize=8)
+    wait_for(lambda: job.snapshot().task("out[0]").packets_in == 10, timeout=10)
+    bp = job.break_when(packet=lambda pkt: pkt.payload >= 10, on="m")
+    release.set()
+    hits = _collect_hits(job)
+    assert [int(h.payload) for h in hits] == list(range(10, 20)) and len(bp.hits) == 10
+    assert job.wait(timeout=10).results("out") == [x * 10 for x in range(20)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from array import array
 from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -221,7 +222,8 @@ class Shipper:
         size, cache, owner = len(g.connections), self._owners, self._owner
         if size == 1:
             return [Bundle(b.payloads, b.seqs, b.created, 0, keys)], 0
-        shares = [Bundle([], [], b.created, 0, []) for _ in range(size)]
+        # (trace ids in an array: no int object per packet to make here and free in another thread)
+        shares = [Bundle([], array("q"), b.created, 0, []) for _ in range(size)]
         pay, seq, key_of = ([getattr(s, col).append for s in shares] for col in ("payloads", "seqs", "keys"))
         get = cache.get
         for key, x, n in zip(keys, b.payloads, b.seqs, strict=True):
