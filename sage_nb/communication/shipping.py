@@ -96,12 +96,11 @@ class Shipper:
                 keys.append(k)  # (before the item: a prefix of the items always has its keys)
             if not kept:
                 self.gathered_at = _monotonic()
-                kept.append(item)
-                self.wake()
-            else:
-                kept.append(item)
+            kept.append(item)
             if len(kept) >= limit or (one.receiver.hungry if size == 1 else any(map(_hungry, conns))):
                 route()
+            elif len(kept) == 1:
+                self.wake()  # kept: the flusher sees that it does not wait longer than linger
         return gather
 
     def route_gathered(self, block: bool = True) -> bool:
