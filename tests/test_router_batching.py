@@ -187,12 +187,12 @@ def test_a_flush_that_does_not_wait_puts_what_fits_and_keeps_the_rest_in_order()
 
 
 @contextlib.contextmanager
-def flushing(r: BaseRouter, linger: float = 0.002):
+def flushing(r: BaseRouter, linger: float = 0.002, failed=None):
     """The job's flusher over ``r``, running in a thread; stopped and joined at the end."""
     from sage_nb.runtime.batching import Flusher
 
     done, cancel = threading.Event(), threading.Event()
-    f = Flusher([r], linger, done, cancel)
+    f = Flusher([r], linger, done, cancel, failed)
     flusher = threading.Thread(target=f.run)
     flusher.start()
     try:
@@ -379,3 +379,23 @@ def test_the_flusher_routes_what_a_busy_source_gathered():
         gather("lonely")  # then the source is busy in user code: the flusher routes it
         wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
     assert payloads(g) == [["lonely"]]
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise ValueError("no repr for you")
+
+
+def test_an_error_while_the_flusher_routes_is_reported_with_its_router_not_lost():
+    """The routing trace reads a payload's repr: when that raises in the flusher's thread, the
+    flusher tells the job (which fails naming the source) and goes on."""
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=100)
+    r.tracer = ListTracer()
+    errors: list[tuple[BaseRouter, BaseException]] = []
+    with flushing(r, failed=lambda router, exc: errors.append((router, exc))):
+        r.gatherer()(_BadRepr())
+        wait_for(lambda: errors, timeout=5)
+        r.send(Packet("after"))  # the flusher still ships
+        wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
+    assert errors[0][0] is r and str(errors[0][1]) == "no repr for you"

@@ -21,6 +21,7 @@ sage_nb.errors.BackendError: batch_size must be an int in [1, 65536], got 0; use
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown
@@ -66,8 +67,9 @@ class Flusher:
     """
 
     def __init__(self, routers: list[BaseRouter], linger: float, done: threading.Event,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, failed: Callable[[BaseRouter, BaseException], Any] | None = None) -> None:
         self.routers = routers
+        self.failed = failed  # told when shipping for a router raised here (the job fails, naming its task)
         self.tick = linger / 2
         self.done, self.cancel = done, cancel
         self.wake = threading.Event()
@@ -97,6 +99,10 @@ class Flusher:
                         _when_still(seen, c, "batches_sent", lambda r=r, c=c: r._ship(c, block=False))
             except (Cancelled, QueueShutDown):  # the job is stopping
                 return
+            except BaseException as exc:  # e.g. a payload's repr for the routing trace, put_timeout
+                if self.failed is None:
+                    raise
+                self.failed(r, exc)
             if waiting:
                 done.wait(self.tick)
             else:  # (a second at most: the job's end is seen even without stop())

@@ -95,8 +95,12 @@ class Dispatcher:
             self.backend.spawn(task.run, task.ctx.name)
         batching = [t.router for t in self.tasks.values() if t.router.batching]
         if batching:
-            self.flusher = Flusher(batching, self.linger, self.done, self.control.cancel)
+            self.flusher = Flusher(batching, self.linger, self.done, self.control.cancel, self._flush_failed)
             self.backend.spawn(self.flusher.run, "flusher")
+
+    def _flush_failed(self, router: Any, exc: BaseException) -> None:
+        """The flusher's shipping for ``router`` raised: the job fails as if its task had."""
+        self.task_failed(next(t for t in self.tasks.values() if t.router is router), exc, None)
 
     def task_failed(self, task: BaseTask, exc: BaseException, packet: Any) -> None:
         if self.on_error is not None:  # an error breakpoint pauses here, before the job fails
