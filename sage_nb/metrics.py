@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from .communication.local_queue import QueueStats
@@ -29,6 +30,8 @@ __all__ = [
     "TaskSnapshot",
     "Trace",
 ]
+
+_at = attrgetter("time")  # a routing decision's time
 
 #: The states a task instance reports; the inspector colours nodes by them.
 TASK_STATES = ("starting", "idle", "busy", "backpressured", "paused", "draining", "closing",
@@ -69,6 +72,29 @@ class Trace:
 
     def record(self, decision: RoutingDecision) -> None:
         self.events.append(decision)
+
+    def merge(self, decisions: list[RoutingDecision]) -> None:
+        """Record decisions made in other processes (each process's in the order it made them,
+        the processes' batches in the order they arrive), keeping the trace in time order, as
+        one process's would be: a packet's hops read in the order it made them.
+
+        >>> def at(t):
+        ...     return RoutingDecision(1, "s[0]", "g", "round_robin", None, None, 1, (0,), ("g[0]",), 0, 0, t)
+        >>> tr = Trace()
+        >>> tr.merge([at(2.0), at(3.0)]); tr.merge([at(1.0)])
+        >>> [d.time for d in tr.latest()]
+        [1.0, 2.0, 3.0]
+        """
+        if not decisions:
+            return
+        with self._lock:
+            ev = self.events
+            late = bool(ev) and min(d.time for d in decisions) < ev[-1].time
+            ev.extend(decisions)
+            if late:  # (stable: decisions of the same instant keep their order)
+                ordered = sorted(ev, key=_at)
+                ev.clear()
+                ev.extend(ordered)
 
     def latest(self, n: int | None = None) -> tuple[RoutingDecision, ...]:
         with self._lock:

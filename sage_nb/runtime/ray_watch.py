@@ -166,8 +166,7 @@ class RayWatcher:
             return None
         for event in batch:
             if event[0] == "trace":
-                for d in event[1]:
-                    self.trace.record(d)
+                self.trace.merge(event[1])  # the actors' decisions, in time order
                 self.trace.skipped += event[2]
             elif event[0] == "end":
                 return None
