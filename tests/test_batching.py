@@ -75,6 +75,34 @@ def test_what_a_source_kept_reaches_the_sink_while_the_source_waits_in_user_code
     assert waited == [True]
 
 
+def test_a_fast_generator_that_blocks_mid_slice_holds_back_nothing(no_leak):
+    """A fast generator's items are pulled a slice at a time by one C-level call; when the
+    generator then blocks in the middle of a slice until the sink has every item so far, the
+    job's flusher routes what the slice kept. Nothing is lost or counted twice."""
+    seen: list[int] = []
+    all_seen, waited, slicing = threading.Event(), [], []
+
+    def items():
+        yield from range(5000)
+        slicing.append(job.runner.tasks["src[0]"].router.slicing)  # (blocked inside a slice)
+        waited.append(all_seen.wait(10))
+        yield from range(5000, 6000)
+
+    def sink(x: int) -> None:
+        seen.append(x)
+        if len(seen) == 5000:
+            all_seen.set()
+
+    p = snb.Pipeline("batching-generator-blocks")
+    p.from_source(items, name="src").map(lambda x: x, name="m").sink(sink, name="out")
+    job = p.run(paused=True)
+    job.resume()
+    snap = finished(job)
+    assert slicing == [True] and waited == [True] and seen == list(range(6000))
+    assert snap.task("src[0]").packets_out == 6000
+    assert next(c for c in snap.connections if c.target_operator == "m").packets_sent == 6000
+
+
 def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak):
     """The map blocks in user code on item 3 until the sink has seen items 0-2: the linger
     flusher ships them meanwhile (they are in the map's buffer, not in a full batch)."""

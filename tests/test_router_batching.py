@@ -381,6 +381,56 @@ def test_the_flusher_routes_what_a_busy_source_gathered():
     assert payloads(g) == [["lonely"]]
 
 
+def test_a_slice_of_a_sources_items_is_taken_in_one_call_and_routed_as_gather_would():
+    g = group(0, "m", "round_robin", 2)
+    r = router(g, batch_size=3)
+    take, due = r.slice_gatherer()
+    items = iter(range(20))
+    assert take(items, 4) == 4 and r.kept_count() == 4
+    due()
+    assert payloads(g) == [[], []]  # no reader waits: a batch for each instance first
+    assert take(items, 100) == 2  # no further ahead than that
+    assert next(items) == 6 and r.kept_count() == 6  # (nothing more was pulled)
+    due()
+    assert payloads(g) == [[0, 2, 4], [1, 3, 5]] and [c.batches_sent for c in r.connections] == [1, 1]
+    assert take(iter(["x"]), 5) == 5 and r.kept_count() == 7 and r.buffered() == 1  # the items ended
+    assert not r.slicing
+
+
+def test_a_keyed_slice_fails_naming_the_item_whose_key_failed_and_keeps_the_ones_before():
+    g = group(0, "m", "hash", 2, key=lambda v: 1 // (v - 3))
+    r = router(g, batch_size=100)
+    take, _ = r.slice_gatherer()
+    with pytest.raises(ZeroDivisionError):
+        take(iter(range(10)), 10)
+    assert r.gather_failed == (3,) and r.gathered == [0, 1, 2] and r.gathered_keys == [-1, -1, -1]
+    r.send_stop_signal()  # what came before goes on
+    assert sorted(p.payload for items in contents(g) for p in items if p.__class__ is Packet) == [0, 1, 2]
+
+
+def test_the_flusher_routes_what_a_source_kept_while_its_code_blocks_mid_slice():
+    """``list.extend`` appends each item as it comes: the flusher sees them (``slicing`` tells it
+    to look) and routes them although the slice has not ended."""
+    g = group(0, "m", "round_robin", 1)
+    r = router(g, batch_size=100)
+    routed = threading.Event()
+    seen_slicing = []
+
+    def items():
+        yield from ("a", "b")
+        seen_slicing.append(r.slicing)
+        routed.wait(10)  # until the sink side has them
+        yield "c"
+
+    with flushing(r):
+        source = Background(lambda: r.slice_gatherer()[0](items(), 10))
+        wait_for(lambda: g.connections[0].packets_sent == 2, timeout=5)
+        routed.set()
+        source.join()
+    assert seen_slicing == [True] and payloads(g) == [["a", "b"]] and r.gathered == ["c"]
+    assert r.kept_count() == 3 and not r.slicing
+
+
 class _BadRepr:
     def __repr__(self) -> str:
         raise ValueError("no repr for you")

@@ -144,6 +144,9 @@ class BaseRouter(Shipper):
         self.gathered_at = 0.0
         self.gather_lock = threading.Lock()
         self.gather_routes = 0
+        self.gather_taken = 0  # items routed from ``gathered`` so far
+        self.gather_failed: tuple[Any, ...] = ()  # (item,) whose key failed in a slice
+        self.slicing = False  # a source is pulling items straight into ``gathered`` (slice_gatherer)
         for c in self._conns:
             c.batch = []
             # a batch never exceeds its queue: a small queue keeps the pipeline short

@@ -13,9 +13,10 @@ A :class:`~sage_nb.communication.packet.Bundle` (an in-memory source's chunk, a 
 source's gathered items, a map's or filter's output for one) skips the buffers:
 :meth:`Shipper.send_bundle` ships what waits on the connection, then puts the bundle's share as
 one entry, waiting for room for all its packets. A generator source keeps its items as plain
-payloads (:meth:`Shipper.gatherer`) until there is a batch for each instance or a reader waits;
-the job's flusher routes what it kept once that waited ``linger`` while the source was busy in
-user code, so a slow generator's item is not held back either.
+payloads (:meth:`Shipper.gatherer`, or a slice at a time with :meth:`Shipper.slice_gatherer`)
+until there is a batch for each instance or a reader waits; the job's flusher routes what it
+kept once that waited ``linger`` while the source was busy in user code, so a slow generator's
+item is not held back either.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import contextlib
 import queue
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +66,9 @@ class Shipper:
     gathered_at: float
     gather_lock: Any
     gather_routes: int
+    gather_taken: int
+    gather_failed: tuple[Any, ...]
+    slicing: bool
 
     def gathers(self) -> bool:
         """Whether a generator source may hand its items over as plain payloads
@@ -77,6 +82,25 @@ class Shipper:
         batch for each instance or a reader waits for input; on :meth:`flush` and before the
         stop signals; and by the job's flusher once it waited ``linger`` while the source was
         busy in user code."""
+        return self._gathering()[0]
+
+    def slice_gatherer(self) -> tuple[Callable[[Iterator[Any], int], int], Callable[[], None]] | None:
+        """``(take, due)`` for a source that pulls its items a slice at a time. ``take(items, k)``
+        keeps up to ``k`` items of the iterator as ``gather`` would (fewer if that many would pass
+        a batch for each instance; it returns how many it asked for) by one C-level
+        ``list.extend``: no Python code of ours per item. ``extend`` appends each item as it
+        comes, so while the source's code blocks mid-slice the job's flusher sees what was kept
+        and routes it after ``linger`` (``slicing`` tells it to look). ``due()`` then routes what
+        was kept if there is a batch for each instance or a reader waits. Items taken are counted
+        by :meth:`kept_count`; on a ``key_by`` edge an item whose key fails is ``gather_failed``."""
+        return self._gathering()[1:]  # type: ignore[return-value]
+
+    def kept_count(self) -> int:
+        """Items a source has kept so far, routed or not (consistent with the flusher's routing)."""
+        with self.gather_lock:
+            return self.gather_taken + len(self.gathered)
+
+    def _gathering(self) -> tuple[Callable[[Any], None], Callable[[Iterator[Any], int], int], Callable[[], None]]:
         g = self._lane
         if g is None or not self.gathers():
             raise RuntimeError(f"{self.name}: a source gathers only where bundles go (see gathers())")
@@ -87,13 +111,21 @@ class Shipper:
             c.receiver = c.queue
         one = conns[0]
 
-        def gather(item: Any) -> None:
-            if key is not None:
+        def keep_key(item: Any) -> Any:  # (before the item: a prefix of the items always has its keys)
+            try:
                 k = key(item)
                 t = type(k)
                 if t is not int and t is not str:
                     partition(k, size)  # a key that cannot be partitioned fails here, naming its item
-                keys.append(k)  # (before the item: a prefix of the items always has its keys)
+            except BaseException:
+                self.gather_failed = (item,)
+                raise
+            keys.append(k)
+            return item
+
+        def gather(item: Any) -> None:
+            if key is not None:
+                keep_key(item)
             if not kept:
                 self.gathered_at = _monotonic()
             kept.append(item)
@@ -101,7 +133,26 @@ class Shipper:
                 route()
             elif len(kept) == 1:
                 self.wake()  # kept: the flusher sees that it does not wait longer than linger
-        return gather
+
+        def take(items: Iterator[Any], k: int) -> int:
+            k = max(1, min(k, limit - len(kept)))  # no further ahead than gather goes
+            if not kept:
+                self.gathered_at = _monotonic()
+            if k > 1:  # the flag first, then the wake: the flusher looks while user code runs
+                self.slicing = True
+                self.wake()
+            try:
+                kept.extend(islice(items, k) if key is None else map(keep_key, islice(items, k)))
+            finally:
+                self.slicing = False
+            return k
+
+        def due() -> None:
+            if len(kept) >= limit or (one.receiver.hungry if size == 1 else any(map(_hungry, conns))):
+                route()
+            elif kept:
+                self.wake()
+        return gather, take, due
 
     def route_gathered(self, block: bool = True) -> bool:
         """Route the items :meth:`gatherer` kept, in order, as one bundle. ``block=False`` (the
@@ -120,7 +171,8 @@ class Shipper:
                 return False
             b = Bundle.fresh(kept[:n])
             del kept[:n]
-            b.created = self.gathered_at
+            self.gather_taken += n
+            b.created, self.gathered_at = self.gathered_at, _monotonic()  # (what is kept now came since)
             if g.key is not None:  # type: ignore[union-attr]
                 keys = self.gathered_keys
                 b.keys = keys[:n]

@@ -62,7 +62,7 @@ class Flusher:
 
     A buffer is shipped when it was not empty at the previous check and no batch left on its
     connection since; a source's gathered items likewise are routed when no bundle of them left
-    since. The flusher does not wait on a full queue (it puts what fits; gathered items go only
+    since (it also looks while a source pulls a slice of items, which it may block in). The flusher does not wait on a full queue (it puts what fits; gathered items go only
     when every queue of their edge has room for all of them, and only another producer filling
     one meanwhile makes it wait, as cancellably as any put) nor on a router that is shipping:
     the task does that itself. An error while it ships for a router (not a stop) goes to
@@ -93,7 +93,7 @@ class Flusher:
             waiting = False
             try:
                 for r in self.routers:  # a source's items, kept while it was busy in user code
-                    if r.gathered:
+                    if r.gathered or r.slicing:
                         waiting = True
                         _when_still(seen, r, "gather_routes", lambda r=r: r.route_gathered(block=False))
                 for r, c in conns:

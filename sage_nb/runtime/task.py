@@ -43,6 +43,8 @@ KEY_CAP = 1000      # distinct keys counted per instance for the key distributio
 BATCH_MAX = 256     # packets taken from the input queue in one call
 SOURCE_CHUNK = 64   # items of an in-memory sequence a batching source routes at once
 SLICE_TIME = 0.001  # seconds of user code between two cancel checks over plain items (_apply)
+GATHER_TIME = 0.0002  # seconds of a source's code between two looks (pause, stop, a waiting reader)
+MAX_SLICE = 65_536  # items a source takes in one slice at most
 _IN_MEMORY = (type(iter([])), type(iter(())), type(iter(range(0))), type(iter("")))
 
 
@@ -480,6 +482,8 @@ class BaseTask:
             return
         # items kept as payloads, to travel as bundles (not under breakpoints: packets one by one)
         gather = router.gatherer() if router.gathers() and not chained else None
+        if gather is not None and self._gather_slices(items):
+            return
         for item in items:
             if control.stopping:
                 if control.cancel.is_set():
@@ -500,6 +504,53 @@ class BaseTask:
             if chained:  # the chained operator runs now: the source may wait for its next item
                 self._hand_over(idle=False)
         self.current = None
+
+    def _gather_slices(self, items: Iterator[Any]) -> bool:
+        """Keep a source's items a slice at a time (the router's ``slice_gatherer``), each slice
+        about ``GATHER_TIME`` at the speed measured so far while the source's code keeps the CPU
+        busy (the first is one item, and a source that waits goes item by item); pause, stop and
+        breakpoints are seen between slices, and a reader waiting for input gets what was kept
+        at the end of the slice. Returns True at the end of the items (or on stop), False when a
+        breakpoint was set (what was kept is routed first; the caller goes on packet by packet)
+        or where the router gathers item by item (Ray)."""
+        router, control, perf, cpu = self.router, self.control, time.perf_counter, time.thread_time
+        gatherer = router.slice_gatherer()
+        if gatherer is None:
+            return False
+        take, due = gatherer
+        kept, k = router.gathered, 1
+        while True:
+            if control.paused:
+                self._wait_paused()
+            if control.stopping:
+                if control.cancel.is_set():
+                    raise Cancelled(f"{self.ctx.name}: job stopping")
+                break
+            if router.watch is not None:
+                router.flush()
+                return False
+            before = router.kept_count()
+            start, used = perf(), cpu()
+            try:
+                asked = take(items, k)
+                took, busy = perf() - start, cpu() - used
+            finally:
+                n = router.kept_count() - before
+                self.packets_in += n
+                failed, router.gather_failed = router.gather_failed, ()
+                last = kept[-1:]  # (the flusher may have routed them all)
+                if failed or last:
+                    self.current = failed[0] if failed else last[0]
+            due()
+            if n < asked:  # the items ended
+                break
+            # next slice: about GATHER_TIME of the source's code, growing at most 8-fold at a time,
+            # while that code keeps the CPU busy; one item while it waits (for input, or for its
+            # own packets downstream: the item it yielded must go at once, not after linger)
+            k = 1 if busy < took / 2 else \
+                max(1, min(8 * asked, MAX_SLICE, int(asked * GATHER_TIME / took) if took > 0 else MAX_SLICE))
+        self.current = None
+        return True
 
     def _run_chunks(self, items: Iterator[Any]) -> None:
         """Route an in-memory sequence a chunk at a time (item by item under breakpoints)."""
