@@ -44,6 +44,7 @@ BATCH_MAX = 256     # packets taken from the input queue in one call
 SOURCE_CHUNK = 64   # items of an in-memory sequence a batching source routes at once
 SLICE_TIME = 0.001  # seconds of user code between two cancel checks over plain items (_apply)
 GATHER_TIME = 0.0002  # seconds of a source's code between two looks (pause, stop, a waiting reader)
+TIMED_RUN = 256     # items a source gathers one by one between two looks at how fast they come
 MAX_SLICE = 65_536  # items a source takes in one slice at most
 _IN_MEMORY = (type(iter([])), type(iter(())), type(iter(range(0))), type(iter("")))
 
@@ -102,6 +103,12 @@ class _Shared:
                 except StopIteration:
                     return
             yield item
+
+
+def _slice(n: int, took: float) -> int:
+    """Items for the next slice of a source that took ``took`` seconds for ``n``: about
+    ``GATHER_TIME`` of work, growing at most 8-fold at a time."""
+    return max(1, min(8 * n, MAX_SLICE, int(n * GATHER_TIME / took) if took > 0 else MAX_SLICE))
 
 
 def _queue_items(q: Any) -> Iterator[Any]:
@@ -482,8 +489,9 @@ class BaseTask:
             return
         # items kept as payloads, to travel as bundles (not under breakpoints: packets one by one)
         gather = router.gatherer() if router.gathers() and not chained else None
-        if gather is not None and self._gather_slices(items):
-            return
+        slices = router.slice_gatherer() if gather is not None else None
+        perf, cpu = time.perf_counter, time.thread_time
+        left, start, used = TIMED_RUN, perf(), cpu()
         for item in items:
             if control.stopping:
                 if control.cancel.is_set():
@@ -498,36 +506,39 @@ class BaseTask:
                 gather(item)
             else:  # a breakpoint was set: what was kept goes first, then packet by packet
                 router.flush()
-                gather = None
+                gather = slices = None
                 send(fresh(item))
             self.packets_in += 1
             if chained:  # the chained operator runs now: the source may wait for its next item
                 self._hand_over(idle=False)
+            if slices is not None:
+                left -= 1
+                if not left:  # a source whose code kept the CPU busy goes on a slice at a time
+                    took, busy = perf() - start, cpu() - used
+                    if busy >= took / 2 and self._gather_slices(items, slices, _slice(TIMED_RUN, took)):
+                        break
+                    left, start, used = TIMED_RUN, perf(), cpu()
         self.current = None
 
-    def _gather_slices(self, items: Iterator[Any]) -> bool:
-        """Keep a source's items a slice at a time (the router's ``slice_gatherer``), each slice
-        about ``GATHER_TIME`` at the speed measured so far while the source's code keeps the CPU
-        busy (the first is one item, and a source that waits goes item by item); pause, stop and
-        breakpoints are seen between slices, and a reader waiting for input gets what was kept
-        at the end of the slice. Returns True at the end of the items (or on stop), False when a
-        breakpoint was set (what was kept is routed first; the caller goes on packet by packet)
-        or where the router gathers item by item (Ray)."""
+    def _gather_slices(self, items: Iterator[Any], slices: Any, k: int) -> bool:
+        """Keep a source's items a slice at a time (the router's ``slice_gatherer``: no Python
+        code of ours per item), ``k`` first, then about ``GATHER_TIME`` of the source's code each
+        at the speed measured so far; pause, stop and breakpoints are seen between slices, and a
+        reader waiting for input gets what was kept at the end of a slice. Returns True at the
+        end of the items (or on stop); False when the source's code waited during a slice (for
+        input, or for its own packets downstream, which must then go at once: it goes on item by
+        item) and when a breakpoint was set (what was kept is routed first)."""
         router, control, perf, cpu = self.router, self.control, time.perf_counter, time.thread_time
-        gatherer = router.slice_gatherer()
-        if gatherer is None:
-            return False
-        take, due = gatherer
-        kept, k = router.gathered, 1
-        while True:
+        take, due = slices
+        kept = router.gathered
+        while k > 1:
             if control.paused:
                 self._wait_paused()
             if control.stopping:
                 if control.cancel.is_set():
                     raise Cancelled(f"{self.ctx.name}: job stopping")
-                break
+                return True
             if router.watch is not None:
-                router.flush()
                 return False
             before = router.kept_count()
             start, used = perf(), cpu()
@@ -543,14 +554,11 @@ class BaseTask:
                     self.current = failed[0] if failed else last[0]
             due()
             if n < asked:  # the items ended
-                break
-            # next slice: about GATHER_TIME of the source's code, growing at most 8-fold at a time,
-            # while that code keeps the CPU busy; one item while it waits (for input, or for its
-            # own packets downstream: the item it yielded must go at once, not after linger)
-            k = 1 if busy < took / 2 else \
-                max(1, min(8 * asked, MAX_SLICE, int(asked * GATHER_TIME / took) if took > 0 else MAX_SLICE))
-        self.current = None
-        return True
+                return True
+            if busy < took / 2:
+                return False
+            k = _slice(asked, took)
+        return False
 
     def _run_chunks(self, items: Iterator[Any]) -> None:
         """Route an in-memory sequence a chunk at a time (item by item under breakpoints)."""
