@@ -62,10 +62,11 @@ class Flusher:
 
     A buffer is shipped when it was not empty at the previous check and no batch left on its
     connection since; a source's gathered items likewise are routed when no bundle of them left
-    since (it also looks while a source pulls a slice of items, which it may block in). The flusher does not wait on a full queue (it puts what fits; gathered items go only
-    when every queue of their edge has room for all of them, and only another producer filling
-    one meanwhile makes it wait, as cancellably as any put) nor on a router that is shipping:
-    the task does that itself. An error while it ships for a router (not a stop) goes to
+    since (it also looks while a source pulls a slice of items: its code may block mid-slice).
+    The flusher does not wait on a full queue (it puts what fits; gathered items go only when
+    every queue of their edge has room for all of them, and only another producer filling one
+    meanwhile makes it wait, as cancellably as any put) nor on a router that is shipping: the
+    task does that itself. An error while it ships for a router (not a stop) goes to
     ``failed``, which fails the job as that router's task would, and it goes on.
     """
 
