@@ -7,8 +7,9 @@ Prints one JSON line per measurement and a summary table with ratios:
   were set against writes them);
 - sage_nb source -> map -> sink on threads with ``batch_size=1`` (packet by packet), with
   the default settings (micro-batching; an in-memory source, and a generator source as the
-  fused loop has), with ``chain=True`` (one task), and with ``key_by``
-  (hash) before the map at p = 1 and at p = 4 (compared with its own p = 1);
+  fused loop has), with ``chain=True`` (one task; from a generator, the source keeps its own
+  thread and the map and sink share one), and with ``key_by`` (hash) before the map at p = 1
+  and at p = 4 (compared with its own p = 1);
 - p = 1 (default settings) under the live Inspector (rate 10), and the CPU its updater thread
   spent per update;
 - light-traffic latency (one packet in flight) through source -> map -> sink;
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     before = set(threading.enumerate())
     costs: list[tuple[int, float, float, float]] = []
     others = peers.available()
-    raw, fused, batched, b1, p1, gen, chained, h1, p4, watched, *peer_rates = measure({
+    raw, fused, batched, b1, p1, gen, chained, gen_chained, h1, p4, watched, *peer_rates = measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "raw 3-stage threads, lists of 256": references.pipeline3_batched,
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "sage_nb threads default": sage_pipeline,
         "sage_nb threads default, generator source": lambda k: sage_pipeline(k, generator=True),
         "sage_nb threads default chain=True": lambda k: sage_pipeline(k, chain=True),
+        "sage_nb threads default chain=True, generator source": lambda k: sage_pipeline(k, generator=True, chain=True),
         "sage_nb threads default map p=1 hash": lambda k: sage_pipeline(k, 1, key=True),
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
         "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
@@ -199,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{ratio(gen, fused):.3f}x fused; {ratio(gen, p1):.2f}x the in-memory source"),
         ("sage_nb threads default chain=True", f"{med(chained):12,.0f}",
          f"{ratio(chained, fused):.3f}x fused; {ratio(chained, p1):.2f}x default"),
+        ("sage_nb threads default chain=True, generator source", f"{med(gen_chained):12,.0f}",
+         f"{ratio(gen_chained, fused):.3f}x fused; {ratio(gen_chained, gen):.2f}x the generator without chain"),
         ("sage_nb threads default map p=1 hash", f"{med(h1):12,.0f}", f"{ratio(h1, p1):.2f}x default (no key)"),
         ("sage_nb threads default map p=4 hash", f"{med(p4):12,.0f}",
          f"{ratio(p4, h1):.2f}x own p=1 (target >= 0.8x); {ratio(p4, p1):.2f}x default (no key)"),

@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_QUEUE_MAXSIZE", "ExecutionGraph", "chain_edges", "compile_gr
 DEFAULT_QUEUE_MAXSIZE = 1024
 _job_numbers: dict[str, Any] = {}
 _CHAINABLE = ("map", "filter", "flat_map", "sink")
+_IN_MEMORY = (list, tuple, range, str)  # a source of these runs no user code between its items
 
 
 def _next_job_id(pipeline: str) -> str:
@@ -74,10 +75,15 @@ def chain_edges(logical: nx.DiGraph) -> set[tuple[str, str]]:
     """The logical edges ``chain=True`` fuses: ``u -> v`` where ``u`` feeds only ``v``, ``v`` is
     fed only by ``u``, both have the same parallelism, ``v`` is a map, filter, flat_map or sink,
     and the edge is a plain round-robin one in process (no key, no broadcast, no RPC queue).
-    Instance ``i`` of ``v`` then runs inside instance ``i`` of ``u``'s task."""
+    Instance ``i`` of ``v`` then runs inside instance ``i`` of ``u``'s task. A source whose items
+    come from user code or a queue (``from_source``, ``from_queue``, ``from_iterable`` of an
+    iterator) keeps a thread of its own: the operators after it would otherwise run one item at
+    a time, since an item may not wait while the source's code does."""
     out = set()
     for u, v, d in logical.edges(data=True):
         du, dv = logical.nodes[u], logical.nodes[v]
+        if du["kind"] == "source" and type(du.get("items")) not in _IN_MEMORY:
+            continue
         if (dv["kind"] in _CHAINABLE and logical.out_degree(u) == 1 and logical.in_degree(v) == 1
                 and du.get("parallelism", 1) == dv.get("parallelism", 1)
                 and d.get("strategy", "round_robin") == "round_robin" and d.get("key") is None

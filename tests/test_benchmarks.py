@@ -26,10 +26,10 @@ def test_a_small_bench_run_prints_every_row_of_the_table(capsys):
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     names = [line.split("|")[1].strip() for line in table[1:]]
-    assert names[:10] == [
+    assert names[:11] == [
         "raw 3-stage queue.Queue(10000) threads", "raw fused loop", "raw 3-stage threads, lists of 256",
         "sage_nb threads batch_size=1", "sage_nb threads default", "sage_nb threads default, generator source",
-        "sage_nb threads default chain=True",
+        "sage_nb threads default chain=True", "sage_nb threads default chain=True, generator source",
         "sage_nb threads default map p=1 hash", "sage_nb threads default map p=4 hash",
         "sage_nb threads default under the Inspector"]
     assert names[-3:] == ["latency p50, raw two thread hops", "latency p50, sage_nb batch_size=1",

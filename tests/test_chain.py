@@ -46,6 +46,24 @@ def test_chain_edges_fuse_only_one_to_one_unkeyed_edges_of_equal_parallelism():
     assert chain_edges(p.graph) == {("src", "a"), ("e", "out1")}
 
 
+def test_a_source_that_runs_user_code_keeps_its_own_thread_and_what_follows_is_still_fused(no_leak):
+    """Fused after a generator, the operators would run one item at a time (an item may not
+    wait while the generator does); the generator's items cross one queue instead."""
+    def numbers():
+        yield from range(5000)
+
+    sources = (lambda p: p.from_source(numbers, name="src"), lambda p: p.from_iterable(iter(range(5000)), name="src"))
+    for make in sources:
+        p = snb.Pipeline("chain-generator")
+        make(p).map(inc, name="m").filter(even, name="f").sink(name="out")
+        assert chain_edges(p.graph) == {("m", "f"), ("f", "out")}
+        job = p.run(chain=True)
+        snap = finished(job, WAIT)
+        assert job.results("out") == [x + 1 for x in range(5000) if (x + 1) % 2 == 0]
+        assert [c.strategy for c in snap.connections] == ["round_robin", "chained", "chained"]
+        assert sorted(t.name.rsplit(":", 1)[1] for t in job.runner.backend.threads) == ["flusher", "m[0]", "src[0]"]
+
+
 def test_a_co_map_and_rpc_edges_are_not_chained():
     p = snb.Pipeline("co")
     x = p.from_iterable(range(3), name="x")

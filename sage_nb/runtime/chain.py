@@ -6,7 +6,8 @@ task's :meth:`~sage_nb.runtime.task.BaseTask.feed` in the sender's thread: no qu
 thread switch. Routing, counters, stop signals and errors stay per logical node: the
 chained task keeps its own router, counters and state, and an error names it.
 The upstream hands its routed packets over after each input batch (after each item of a
-source that is not in memory), so a chained operator never waits for a full batch.
+source with ``batch_size=1``), so a chained operator never waits for a full batch. A source
+whose items come from user code is not fused (see ``chain_edges``).
 """
 
 from __future__ import annotations
