@@ -28,6 +28,7 @@ from .communication.router import BroadcastGroup
 from .errors import GraphError
 from .graph import describe_callable, validate
 from .runtime.context import ServiceContext, TaskContext
+from .runtime.task import IN_MEMORY_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
@@ -38,7 +39,6 @@ __all__ = ["DEFAULT_QUEUE_MAXSIZE", "ExecutionGraph", "chain_edges", "compile_gr
 DEFAULT_QUEUE_MAXSIZE = 1024
 _job_numbers: dict[str, Any] = {}
 _CHAINABLE = ("map", "filter", "flat_map", "sink")
-_IN_MEMORY = (list, tuple, range, str)  # a source of these runs no user code between its items
 
 
 def _next_job_id(pipeline: str) -> str:
@@ -82,7 +82,7 @@ def chain_edges(logical: nx.DiGraph) -> set[tuple[str, str]]:
     out = set()
     for u, v, d in logical.edges(data=True):
         du, dv = logical.nodes[u], logical.nodes[v]
-        if du["kind"] == "source" and type(du.get("items")) not in _IN_MEMORY:
+        if du["kind"] == "source" and type(du.get("items")) not in IN_MEMORY_TYPES:
             continue
         if (dv["kind"] in _CHAINABLE and logical.out_degree(u) == 1 and logical.in_degree(v) == 1
                 and du.get("parallelism", 1) == dv.get("parallelism", 1)
