@@ -27,8 +27,7 @@ from .communication.queue_descriptor import BaseQueueDescriptor, PythonQueueDesc
 from .communication.router import BroadcastGroup
 from .errors import GraphError
 from .graph import describe_callable, validate
-from .runtime.context import ServiceContext, TaskContext
-from .runtime.task import IN_MEMORY_TYPES
+from .runtime.context import IN_MEMORY_TYPES, ServiceContext, TaskContext
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx

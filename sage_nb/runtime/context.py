@@ -13,7 +13,11 @@ from ..communication.queue_descriptor import BaseQueueDescriptor
 from ..communication.router import BroadcastGroup
 from ..errors import ServiceError
 
-__all__ = ["ServiceContext", "TaskContext"]
+__all__ = ["IN_MEMORY_TYPES", "ServiceContext", "TaskContext"]
+
+# what ``from_iterable`` items may be for the source to run no user code between its items
+# (routed a chunk at a time; ``chain=True`` fuses such a source only)
+IN_MEMORY_TYPES = (list, tuple, range, str)
 
 
 class TaskContext:

@@ -21,7 +21,7 @@ from ..communication.local_queue import QueueShutDown
 from ..communication.packet import Bundle, Packet, StopSignal
 from ..communication.router import BaseRouter
 from ..errors import Cancelled, ProtocolError
-from .context import TaskContext
+from .context import IN_MEMORY_TYPES, TaskContext
 
 __all__ = ["END", "BaseTask", "Control"]
 
@@ -46,7 +46,6 @@ SLICE_TIME = 0.001  # seconds of user code between two cancel checks over plain 
 GATHER_TIME = 0.0002  # seconds of a source's code between two looks (pause, stop, a waiting reader)
 TIMED_RUN = 256     # items a source gathers one by one between two looks at how fast they come
 MAX_SLICE = 65_536  # items a source takes in one slice at most
-IN_MEMORY_TYPES = (list, tuple, range, str)  # a source of these runs no user code between its items
 _IN_MEMORY = tuple(type(iter(t(0) if t is range else t())) for t in IN_MEMORY_TYPES)  # their iterators
 
 
