@@ -361,7 +361,9 @@ class Stream(_Operators):
         return self.pipeline.add_node(kind, [self], name=name, parallelism=parallelism, fn=fn)
 
     def key_by(self, key: Callable[[Any], Any]) -> Stream:
-        """Hash-partition the next edge by ``key(item)``: equal keys meet at one instance."""
+        """Hash-partition the next edge by ``key(item)``: equal keys meet at one instance, the
+        same one in every process. A key is a str, bytes, int, float, bool, None or a tuple of
+        them, or a value equal to one (an ``IntEnum`` member, a namedtuple, a NumPy number)."""
         _check_callable(self.node, "key_by's key", key)
         return Stream(self.pipeline, self.node, {**self.edge, "strategy": "hash", "key": key})
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sage_nb.communication import Packet, StopSignal
+from sage_nb.communication import Bundle, Packet, StopSignal
+from sage_nb.communication.packet import Picked
 
 FALSY_KEYS = [0, "", False, (), None, b"", 0.0]
 
@@ -167,3 +168,14 @@ def test_stop_signals_are_hashable_values():
     seen = {StopSignal("a[0]"), StopSignal("a[0]"), StopSignal("a[1]"), StopSignal("a[0]", 1)}
     assert len(seen) == 3
     assert pickle.loads(pickle.dumps(StopSignal("a[0]", 1))) == StopSignal("a[0]", 1)
+
+
+def test_a_hash_shares_trace_ids_are_listed_only_when_asked_and_pickle_as_a_list():
+    ids = Picked(range(100, 110), bytes([1, 0, 0, 1, 1, 0, 0, 0, 0, 1]), 4)
+    assert len(ids) == 4 and ids[0] == 100 and ids._items is None  # (the first: without the list)
+    piece = ids[1:3]
+    assert len(piece) == 2 and ids._items is None and list(piece) == [103, 104]
+    b = Bundle(["a", "b", "c", "d"], ids, 0.0, keys=[1, 2, 3, 4])
+    back = pickle.loads(pickle.dumps(b))
+    assert back.seqs == [100, 103, 104, 109] and [p.seq for p in back.packets()] == [100, 103, 104, 109]
+    assert [p.seq for p in b.pick(slice(2, None)).packets()] == [104, 109]

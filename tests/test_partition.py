@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import collections
+import enum
+import fractions
 import inspect
 import json
 import os
@@ -72,6 +75,40 @@ def test_equal_looking_keys_of_different_types_are_different_keys():
     distinct = ["1", b"1", 1, 1.5, "", b"", (), ("",), None, "None", ("a", "b"), ("ab",),
                 ("a", ("b",)), (("a",), "b")]
     assert len({stable_hash(k) for k in distinct}) == len(distinct)
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class Ratio(float):
+    pass
+
+
+@pytest.mark.parametrize(("key", "plain"), [
+    (Level.LOW, 1),
+    (Colour.RED, "red"),
+    (Point(1, "a"), (1, "a")),
+    ((Point(2, Colour.RED), Level.LOW), ((2, "red"), 1)),
+    (Ratio(0.25), 0.25),
+    (Ratio(3.0), 3),
+])
+def test_a_subclass_value_goes_where_the_plain_value_it_equals_goes(key, plain):
+    assert key == plain and stable_hash(key) == stable_hash(plain)
+    assert all(partition(key, n) == partition(plain, n) for n in (2, 3, 4, 7))
+
+
+def test_a_numpy_number_or_a_fraction_goes_where_its_python_value_goes():
+    np = pytest.importorskip("numpy")  # (installed with matplotlib)
+    for key, plain in [(np.int64(-5), -5), (np.uint8(200), 200), (np.float64(2.5), 2.5), (np.float32(4.0), 4), (fractions.Fraction(1, 4), 0.25)]:
+        assert stable_hash(key) == stable_hash(plain), key
 
 
 @pytest.mark.parametrize(("key", "type_name"), [

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_router import Background, ListTracer, contents, group, payloads
 
-from sage_nb.communication import BaseRouter, Bundle, Packet, StopSignal
+from sage_nb.communication import BaseRouter, Bundle, Packet, StopSignal, shipping
+from sage_nb.communication import router as router_module
 from sage_nb.errors import Cancelled, DeliveryError
 from sage_nb.testing import wait_for
 
@@ -216,14 +217,20 @@ def test_the_flusher_ships_what_waited_longer_than_linger():
     assert payloads(g) == [["lonely", "again"]]
 
 
-@given(strategy=st.sampled_from(["round_robin", "hash", "broadcast"]), n=st.integers(1, 4),
+# keys of every supported type, equal ones of different types among them (1, 1.0, True)
+MIXED_KEYS = [0, "a", (1, "b"), 2.5, None, b"x", 1, 1.0, True, ("a", (None, 2.0)), "", -7, 10**20]
+
+
+@given(strategy=st.sampled_from(["round_robin", "hash", "broadcast"]), n=st.sampled_from([1, 2, 3, 4, 8, 9]),
        batch_size=st.integers(2, 9), input_index=st.integers(0, 1),
-       sizes=st.lists(st.integers(0, 40), max_size=6), singles=st.lists(st.booleans(), max_size=6))
+       sizes=st.lists(st.integers(0, 40), max_size=6), singles=st.lists(st.booleans(), max_size=6),
+       step=st.integers(1, 5))
 def test_a_bundle_routes_orders_and_counts_as_its_packets_one_by_one(strategy, n, batch_size, input_index,
-                                                                      sizes, singles):
+                                                                      sizes, singles, step):
     """Bundles (and single packets between them) reach the same queues in the same order, with
     the same trace ids, input and counters as the same packets sent one by one; the trace is
-    offered each bundle's first decision, the one the packet would have had."""
+    offered each bundle's first decision, the one the packet would have had. (A hash split is
+    made by C-level passes up to 8 instances, by a loop above.)"""
     x, bundles = 0, []
     for size in sizes:
         bundles.append(Bundle.fresh(list(range(x, x + size))))
@@ -231,7 +238,7 @@ def test_a_bundle_routes_orders_and_counts_as_its_packets_one_by_one(strategy, n
 
     def run(one_by_one: bool) -> tuple[list, list, list]:
         g = group(0, "t", strategy, n, input_index=input_index,
-                  key=(lambda v: v % 5) if strategy == "hash" else None)
+                  key=(lambda v: MIXED_KEYS[v * step % len(MIXED_KEYS)]) if strategy == "hash" else None)
         r = router(g, batch_size=batch_size)   # a bundle longer than batch_size goes in pieces
         r.tracer = ListTracer()
         for i, b in enumerate(bundles):
@@ -254,6 +261,45 @@ def test_a_bundle_routes_orders_and_counts_as_its_packets_one_by_one(strategy, n
     assert (queued, counts) == (queued_1, counts_1)
     assert decisions.items() <= decisions_1.items()
     assert {b.seqs[0] for b in bundles if b} <= set(decisions)
+
+
+def test_a_hash_split_remembers_a_bounded_number_of_keys_and_routes_the_others_alike(monkeypatch):
+    monkeypatch.setattr(shipping, "OWNERS_CACHE", 16)
+    monkeypatch.setattr(router_module, "OWNERS_CACHE", 16)
+
+    def run(one_by_one: bool, keys: list) -> tuple[list, BaseRouter]:
+        g = group(0, "t", "hash", 4, key=lambda v: keys[v])
+        r = router(g, batch_size=1000)
+        for b in (Bundle.fresh(list(range(len(keys)))[:40]), Bundle.fresh(list(range(40, len(keys))))):
+            if one_by_one:
+                for p in b.packets():
+                    r.send(p)
+            else:
+                r.send_bundle(b)
+        r.flush()
+        return [[(p.payload, p.partition_key) for p in c.queue.peek(10**6)] for c in g.connections], r
+
+    for keys in ([f"k{i}" for i in range(100)],   # more new keys in one bundle than are remembered
+                 [i % 12 for i in range(100)],     # fewer: remembered after the first bundle
+                 [(i % 3, str(i % 20)) for i in range(100)]):
+        split, r = run(False, keys)
+        assert split == run(True, keys)[0]
+        assert len(r._owners) <= 16
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ([1], "cannot hash-partition a key of type list"),
+    (float("nan"), "cannot hash-partition the float key nan"),
+    (("ok", {"a"}), "cannot hash-partition a key of type set"),
+])
+def test_a_bundle_with_a_key_that_cannot_be_partitioned_fails_saying_why(bad, message):
+    g = group(0, "t", "hash", 4, key=lambda v: bad if v == 3 else v)
+    r = router(g, batch_size=100)
+    with pytest.raises(TypeError, match=message):
+        r.send_bundle(Bundle.fresh(list(range(6))))
+    assert r.send_bundle(Bundle.fresh([10, 11])) == 2  # the router goes on with good keys
+    r.flush()
+    assert sorted(p.payload for c in g.connections for p in c.queue.peek(100)) == [10, 11]
 
 
 def test_a_bundle_waits_for_room_cancellably_and_fails_after_put_timeout():

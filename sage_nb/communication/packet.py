@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, islice
 from typing import Any
 
-__all__ = ["STRATEGIES", "Bundle", "Packet", "StopSignal"]
+__all__ = ["STRATEGIES", "Bundle", "Packet", "Picked", "StopSignal"]
 
 STRATEGIES = ("round_robin", "hash", "broadcast")
 _UNSET: Any = object()
@@ -153,6 +153,47 @@ class StopSignal:
     def name(self) -> str:
         """SAGE's name for the sender."""
         return self.sender
+
+
+class Picked(Sequence[int]):
+    """The items of ``seqs`` where ``where`` (a mask of bytes, or a slice) is true, ``n`` of them,
+    listed on first use: the trace ids of a hash share (``Shipper._hash_shares``), made only
+    if a packet of it is traced, fails or is asked for as an object. A slice of it is one too.
+
+    >>> ids = Picked(range(10, 15), b"\\x01\\x00\\x01\\x00\\x01", 3)
+    >>> len(ids), ids[1], list(ids), list(ids[1:]), len(ids[:2])
+    (3, 12, [10, 12, 14], [12, 14], 2)
+    """
+
+    __slots__ = ("_items", "_n", "_seqs", "_where")
+
+    def __init__(self, seqs: Sequence[int], where: bytes | slice, n: int) -> None:
+        self._seqs, self._where, self._n, self._items = seqs, where, n, None
+
+    def _list(self) -> list[int]:
+        items = self._items
+        if items is None:  # (two threads may both make it: the same list)
+            where = self._where
+            items = self._items = list(compress(self._seqs, where)) if where.__class__ is bytes \
+                else list(self._seqs)[where]  # type: ignore[index]
+        return items
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        if self._items is None:
+            if i.__class__ is slice:
+                return Picked(self, i, len(range(self._n)[i]))
+            if i == 0 and self._n and self._where.__class__ is bytes:  # (a trace's first packet)
+                return self._seqs[self._where.index(1)]
+        return self._list()[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._list())
+
+    def __reduce__(self):  # pickled as the list it stands for
+        return (list, (self._list(),))
 
 
 class Bundle:

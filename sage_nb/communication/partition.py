@@ -3,7 +3,9 @@
 The builtin ``hash()`` is salted per process for str and bytes (``PYTHONHASHSEED``), so
 SAGE's Ray workers disagreed about which instance owns a key. Here a key is encoded
 canonically and hashed with BLAKE2b (64 bits). Keys that Python considers equal share a
-partition: ``1``, ``1.0`` and ``True`` go to the same instance.
+partition: ``1``, ``1.0`` and ``True`` go to the same instance, and a subclass's value (an
+``IntEnum`` or ``StrEnum`` member, a namedtuple) or a NumPy number goes where the plain value
+it equals goes.
 
 >>> partition("u42", 4) == partition("u42", 4)
 True
@@ -17,21 +19,23 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from typing import Any
 
 __all__ = ["SUPPORTED_KEY_TYPES", "partition", "stable_hash"]
 
 SUPPORTED_KEY_TYPES = "str, bytes, int, float, bool, None or tuples of them"
+# (and their subclasses, NumPy's numbers and fractions: partitioned as the plain value they equal)
 
 
 def _encode(key: Any, out: bytearray) -> None:
-    t = type(key)
-    if t is str:
-        data = key.encode("utf-8", "surrogatepass")
+    if isinstance(key, str):  # (subclasses too: a StrEnum member is its string)
+        data = str.encode(key, "utf-8", "surrogatepass")
         out += b"S%d:" % len(data) + data
-    elif t is int or t is bool:
-        out += b"I%d;" % key
-    elif t is float:
+    elif isinstance(key, (int, numbers.Integral)):  # bool, IntEnum, NumPy integers
+        out += b"I%d;" % int(key)
+    elif isinstance(key, (float, numbers.Real)):  # NumPy floats, Fraction
+        key = float(key)
         if math.isnan(key):
             raise TypeError("cannot hash-partition the float key nan: NaN is not equal to itself, so "
                             "equal keys could not meet; replace it (e.g. with None)")
@@ -41,16 +45,16 @@ def _encode(key: Any, out: bytearray) -> None:
             out += b"F" + repr(key).encode() + b";"
     elif key is None:
         out += b"N"
-    elif t is bytes:
-        out += b"B%d:" % len(key) + key
-    elif t is tuple:
+    elif isinstance(key, bytes):
+        out += b"B%d:" % len(key) + bytes(key)
+    elif isinstance(key, tuple):  # a namedtuple too
         out += b"T%d(" % len(key)
         for item in key:
             _encode(item, out)
         out += b")"
     else:
-        raise TypeError(f"cannot hash-partition a key of type {t.__name__} ({key!r:.60}); keys must be "
-                        f"{SUPPORTED_KEY_TYPES} (a list can become a tuple)")
+        raise TypeError(f"cannot hash-partition a key of type {type(key).__name__} ({key!r:.60}); keys "
+                        f"must be {SUPPORTED_KEY_TYPES} (a list can become a tuple)")
 
 
 def stable_hash(key: Any) -> int:

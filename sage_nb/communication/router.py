@@ -35,11 +35,10 @@ from .connection import Connection
 from .local_queue import QueueShutDown
 from .packet import Packet, StopSignal
 from .partition import partition, stable_hash
-from .shipping import Shipper, capacity
+from .shipping import OWNERS_CACHE, Shipper, capacity
 
 __all__ = ["BaseRouter", "BroadcastGroup", "RoutingDecision", "Tracer"]
 
-OWNERS_CACHE = 4096  # keys whose partition a batching router remembers
 
 
 def _nothing() -> None:

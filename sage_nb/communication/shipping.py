@@ -26,14 +26,14 @@ import queue
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import compress, islice, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled
 from .connection import EAGER, Connection
 from .local_queue import LocalQueue, QueueShutDown
-from .packet import Bundle, Packet, StopSignal
+from .packet import Bundle, Packet, Picked, StopSignal
 from .partition import partition
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +43,11 @@ __all__ = ["Shipper", "capacity"]
 
 _monotonic = time.monotonic
 _hungry = attrgetter("receiver.hungry")
+OWNERS_CACHE = 4096  # keys whose partition a batching router remembers
+# a hash split by C-level passes, one per instance: for up to 8 instances (more: one loop is cheaper)
+_SELECT = tuple(bytes(int(j == i) for j in range(256)) for i in range(8))  # owner i -> 1, others -> 0
+_NEW = 255  # a key whose partition is not remembered yet
+_SELECT_NEW = bytes(int(j == _NEW) for j in range(256))
 
 
 class Shipper:
@@ -270,9 +275,22 @@ class Shipper:
         """Each instance's share of ``b`` by the key of each packet (``_hash_many``'s rule), keys
         included, and the instance of the first packet."""
         keys = b.keys if b.keys is not None else list(map(g.key, b.payloads))  # type: ignore[arg-type]
-        size, cache, owner = len(g.connections), self._owners, self._owner
+        size = len(g.connections)
         if size == 1:
             return [Bundle(b.payloads, b.seqs, b.created, 0, keys)], 0
+        owners = self._owners_of(keys, size) if size <= len(_SELECT) else None
+        if owners is not None:  # C-level passes, none per packet in Python
+            shares = []
+            for i in range(size):
+                if i not in owners:
+                    shares.append(Bundle([], (), b.created, 0, []))
+                    continue
+                mask = owners.translate(_SELECT[i])
+                pay = list(compress(b.payloads, mask))
+                shares.append(Bundle(pay, Picked(b.seqs, mask, len(pay)), b.created, 0,
+                                     list(compress(keys, mask))))
+            return shares, owners[0]
+        cache, owner = self._owners, self._owner
         # (trace ids in an array: no int object per packet to make here and free in another thread)
         shares = [Bundle([], array("q"), b.created, 0, []) for _ in range(size)]
         pay, seq, key_of = ([getattr(s, col).append for s in shares] for col in ("payloads", "seqs", "keys"))
@@ -289,6 +307,24 @@ class Shipper:
             seq[i](n)
             key_of[i](key)
         return shares, next(i for i, s in enumerate(shares) if s.seqs and s.seqs[0] == b.seqs[0])
+
+    def _owners_of(self, keys: list[Any], size: int) -> bytes | None:
+        """The instance of each key, one byte each: the partitions remembered, the others
+        computed (and remembered, as many as fit). None for an unhashable key (the per-packet
+        loop then says what is wrong with it)."""
+        cache = self._owners
+        try:
+            owners = bytes(map(cache.get, keys, repeat(_NEW, len(keys))))
+        except TypeError:
+            return None
+        if _NEW in owners:  # (a key that cannot be partitioned fails here)
+            new = {key: partition(key, size) for key in set(compress(keys, owners.translate(_SELECT_NEW)))}
+            owners = bytes(map(new.get, keys, owners))
+            if len(cache) + len(new) > OWNERS_CACHE:
+                cache.clear()
+            if len(new) <= OWNERS_CACHE:
+                cache.update(new)
+        return owners
 
     def bundle_key(self) -> Any:
         """The key function a bundle sent now is split by (None: round-robin, or not kept whole)."""
