@@ -40,7 +40,6 @@ from .shipping import OWNERS_CACHE, Shipper, capacity
 __all__ = ["BaseRouter", "BroadcastGroup", "RoutingDecision", "Tracer"]
 
 
-
 def _nothing() -> None:
     """A router's ``wake`` when no flusher watches it."""
 
