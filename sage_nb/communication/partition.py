@@ -32,9 +32,9 @@ def _encode(key: Any, out: bytearray) -> None:
     if isinstance(key, str):  # (subclasses too: a StrEnum member is its string)
         data = str.encode(key, "utf-8", "surrogatepass")
         out += b"S%d:" % len(data) + data
-    elif isinstance(key, (int, numbers.Integral)):  # bool, IntEnum, NumPy integers
+    elif isinstance(key, int):  # bool, IntEnum
         out += b"I%d;" % int(key)
-    elif isinstance(key, (float, numbers.Real)):  # NumPy floats, Fraction
+    elif isinstance(key, float):
         key = float(key)
         if math.isnan(key):
             raise TypeError("cannot hash-partition the float key nan: NaN is not equal to itself, so "
@@ -52,6 +52,10 @@ def _encode(key: Any, out: bytearray) -> None:
         for item in key:
             _encode(item, out)
         out += b")"
+    elif isinstance(key, numbers.Integral):  # NumPy integers (the ABCs last: slower to check)
+        _encode(int(key), out)
+    elif isinstance(key, numbers.Real):  # NumPy floats, Fraction
+        _encode(float(key), out)
     else:
         raise TypeError(f"cannot hash-partition a key of type {type(key).__name__} ({key!r:.60}); keys "
                         f"must be {SUPPORTED_KEY_TYPES} (a list can become a tuple)")
