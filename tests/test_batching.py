@@ -214,6 +214,54 @@ def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(bundled, n
         assert {k for k, _ in task.top_keys} <= {repr(k) for k in owned}
 
 
+def _key_counts(job: snb.Job, node: str) -> dict[str, tuple[dict, object]]:
+    """Each instance of ``node``: its whole key counts and the key it saw last."""
+    return {name: (dict(t.key_counts), t.ctx.current_key)
+            for name, t in job.runner.tasks.items() if name.startswith(f"{node}[")}
+
+
+@pytest.mark.parametrize("kind", ["map", "filter", "sink", "collect"])
+def test_keys_counted_after_a_plain_function_match_one_by_one(no_leak, monkeypatch, kind):
+    """A plain function cannot read ``ctx.current_key``: a bundle's keys are counted after the
+    call, in bulk. The counts (only the first KEY_CAP distinct keys an instance sees) and the
+    last key are those of packet-by-packet delivery."""
+    from sage_nb.runtime import task as task_module
+
+    monkeypatch.setattr(task_module, "KEY_CAP", 7)
+    seen = {}
+    for batch_size in (1, None):
+        p = snb.Pipeline(f"bulk-keys-{kind}-{batch_size}")
+        keyed = p.from_iterable([i * 7 % 101 for i in range(5000)], name="src").key_by(lambda x: x % 37)
+        if kind == "map":
+            keyed.map(lambda x: -x, name="k", parallelism=3).sink(name="out")
+        elif kind == "filter":
+            keyed.filter(lambda x: x % 3, name="k", parallelism=3).sink(name="out")
+        else:
+            keyed.sink(None if kind == "collect" else (lambda x: None), name="k", parallelism=3)
+        job = p.run(batch_size=batch_size)
+        finished(job)
+        seen[batch_size] = _key_counts(job, "k")
+    assert seen[None] == seen[1]
+    assert sorted(len(counts) for counts, _ in seen[1].values()) == [6, 7, 7]  # (6 keys reach k[2])
+
+
+def test_a_failing_plain_function_counts_the_keys_up_to_its_packet_as_one_by_one(no_leak):
+    def check(x):
+        if x == 2345:
+            raise ValueError("bad")
+        return x
+
+    seen = {}
+    for batch_size in (1, None):
+        p = snb.Pipeline(f"bulk-keys-failure-{batch_size}")
+        p.from_iterable(range(4000), name="src").key_by(lambda x: x % 5).map(check, name="k").sink(name="out")
+        job = p.run(batch_size=batch_size)
+        with pytest.raises(snb.JobFailed, match="bad"):
+            job.wait(timeout=30)
+        seen[batch_size] = _key_counts(job, "k")
+    assert seen[None] == seen[1] == {"k[0]": ({0: 470, 1: 469, 2: 469, 3: 469, 4: 469}, 0)}
+
+
 def test_a_generator_source_paused_and_resumed_loses_nothing(no_leak):
     """The source keeps items for its next bundle; a pause routes them first, and the run goes
     on in order after resume."""

@@ -27,7 +27,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from itertools import compress, islice, repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled
@@ -314,7 +314,10 @@ class Shipper:
         loop then says what is wrong with it)."""
         cache = self._owners
         try:
-            owners = bytes(map(cache.get, keys, repeat(_NEW, len(keys))))
+            try:  # every key remembered (the common case): one C-level lookup of them all
+                return bytes(itemgetter(*keys)(cache)) if len(keys) > 1 else bytes((cache[keys[0]],))
+            except KeyError:
+                owners = bytes(map(cache.get, keys, repeat(_NEW, len(keys))))
         except TypeError:
             return None
         if _NEW in owners:  # (a key that cannot be partitioned fails here)

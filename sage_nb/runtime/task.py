@@ -13,6 +13,7 @@ import inspect
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from itertools import compress, islice
 from typing import Any, Protocol
@@ -154,7 +155,7 @@ class BaseTask:
         self._seen: set[tuple[str, int]] = set()
         self._leftover: list[Any] = []
         self._per_instance = False
-        self.key_counts: dict[Any, int] = {}
+        self.key_counts: Counter[Any] = Counter()
         self.last: list[Any] = []
         self.current: Any = None   # the packet being processed when user code raised
         self.error: BaseException | None = None
@@ -786,6 +787,40 @@ class BaseTask:
             return target(x)
         return call
 
+    def _apply_counting(self, fn: Callable[..., Any] | None, items: list[Any], done: list[Any],
+                        keys: list[Any]) -> None:
+        """``_apply(fn, items, done)`` (a collecting sink's extend when ``fn`` is None), then the
+        keys of the packets it processed (and of the one it failed on) counted as the
+        per-packet call counts them, by C-level passes; ``ctx.current_key`` is the last one's."""
+        k = len(items)
+        try:
+            if fn is None:
+                self.results.extend(items)  # type: ignore[union-attr]
+            else:
+                self._apply(fn, items, done)
+        except Cancelled:
+            k = len(done)
+            raise
+        except BaseException:
+            k = len(done) + 1
+            raise
+        finally:
+            self._count_keys(keys if k == len(keys) else keys[:k])
+
+    def _count_keys(self, keys: list[Any]) -> None:
+        """Count ``keys`` in ``key_counts`` as one by one: the first ``KEY_CAP`` distinct keys
+        seen are counted, later new ones are not."""
+        counts = self.key_counts
+        if len(counts) < KEY_CAP:
+            counts.update(keys)
+            if len(counts) > KEY_CAP:  # the newest keys come last (insertion order)
+                for key in list(islice(counts, KEY_CAP, None)):
+                    del counts[key]
+        else:
+            counts.update(filter(counts.__contains__, keys))
+        if keys:
+            self.ctx.current_key = keys[-1]
+
     def _take_bundles(self, batch: list[Bundle]) -> None:
         """Bundles through a map, filter or sink: the user function over each bundle's payloads
         (:meth:`_apply`), the results on as a bundle with the same trace ids. When it raises,
@@ -799,7 +834,11 @@ class BaseTask:
                                     f"every input ({len(self._seen)} stop signals)")
             try:
                 if keyed is not None:  # key counts, and the key user code may read
-                    self._apply(keyed, items, done, [None] * len(items) if b.keys is None else b.keys)
+                    keys = [None] * len(items) if b.keys is None else b.keys
+                    if self._per_instance:  # its object may read ctx.current_key: set per packet
+                        self._apply(keyed, items, done, keys)
+                    else:  # nothing can read it during the call: counted after, in C
+                        self._apply_counting(fn, items, done, keys)
                 elif kind == "sink" and fn is None:  # a collecting sink
                     self.results.extend(items)  # type: ignore[union-attr]
                 else:
