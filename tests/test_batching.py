@@ -220,11 +220,18 @@ def _key_counts(job: snb.Job, node: str) -> dict[str, tuple[dict, object]]:
             for name, t in job.runner.tasks.items() if name.startswith(f"{node}[")}
 
 
-@pytest.mark.parametrize("kind", ["map", "filter", "sink", "collect"])
-def test_keys_counted_after_a_plain_function_match_one_by_one(no_leak, monkeypatch, kind):
-    """A plain function cannot read ``ctx.current_key``: a bundle's keys are counted after the
-    call, in bulk. The counts (only the first KEY_CAP distinct keys an instance sees) and the
-    last key are those of packet-by-packet delivery."""
+class Keyed:
+    """A map whose instances see their context: each result is the key the packet had."""
+
+    def __call__(self, x):
+        return (x, self.ctx.current_key)
+
+
+@pytest.mark.parametrize("kind", ["map", "class", "filter", "sink", "collect"])
+def test_keys_counted_after_the_function_match_one_by_one(no_leak, monkeypatch, kind):
+    """A bundle's keys are counted after the user function ran over it, in bulk. The counts
+    (only the first KEY_CAP distinct keys an instance sees) and the last key are those of
+    packet-by-packet delivery; a class reading ``ctx.current_key`` sees each packet's."""
     from sage_nb.runtime import task as task_module
 
     monkeypatch.setattr(task_module, "KEY_CAP", 7)
@@ -234,6 +241,8 @@ def test_keys_counted_after_a_plain_function_match_one_by_one(no_leak, monkeypat
         keyed = p.from_iterable([i * 7 % 101 for i in range(5000)], name="src").key_by(lambda x: x % 37)
         if kind == "map":
             keyed.map(lambda x: -x, name="k", parallelism=3).sink(name="out")
+        elif kind == "class":
+            keyed.map(Keyed, name="k", parallelism=3).sink(name="out")
         elif kind == "filter":
             keyed.filter(lambda x: x % 3, name="k", parallelism=3).sink(name="out")
         else:
@@ -241,6 +250,8 @@ def test_keys_counted_after_a_plain_function_match_one_by_one(no_leak, monkeypat
         job = p.run(batch_size=batch_size)
         finished(job)
         seen[batch_size] = _key_counts(job, "k")
+        if kind == "class":
+            assert all(key == x % 37 for x, key in job.results("out"))
     assert seen[None] == seen[1]
     assert sorted(len(counts) for counts, _ in seen[1].values()) == [6, 7, 7]  # (6 keys reach k[2])
 

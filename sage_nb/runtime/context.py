@@ -48,8 +48,20 @@ class TaskContext:
         self.response_qd = response_qd
         self.service_qds = dict(service_qds or {})
         self.service_timeout = service_timeout
-        self.current_key: Any = None  # the key of the packet being processed (hash inputs)
+        self._key: Any = None         # current_key, as the runtime set it packet by packet
+        self._key_at: Any = None      # or, while a bundle's packets are processed, how to find it
         self._caller: Any = None      # bound by the runtime
+
+    @property
+    def current_key(self) -> Any:
+        """The key of the packet being processed, on an input behind ``key_by`` (after the
+        packet: the key of the last one processed)."""
+        at = self._key_at
+        return self._key if at is None else at()
+
+    @current_key.setter
+    def current_key(self, key: Any) -> None:
+        self._key, self._key_at = key, None
 
     @property
     def is_spout(self) -> bool:
@@ -74,7 +86,7 @@ class TaskContext:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_caller"] = None
+        state["_caller"] = state["_key_at"] = None
         return state
 
     def to_dict(self) -> dict[str, Any]:

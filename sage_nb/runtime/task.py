@@ -44,6 +44,7 @@ KEY_CAP = 1000      # distinct keys counted per instance for the key distributio
 BATCH_MAX = 256     # packets taken from the input queue in one call
 SOURCE_CHUNK = 64   # items of an in-memory sequence a batching source routes at once
 SLICE_TIME = 0.001  # seconds of user code between two cancel checks over plain items (_apply)
+_DONE: Iterator[Any] = iter(())  # an exhausted iterator
 GATHER_TIME = 0.0002  # seconds of a source's code between two looks (pause, stop, a waiting reader)
 TIMED_RUN = 256     # items a source gathers one by one between two looks at how fast they come
 MAX_SLICE = 65_536  # items a source takes in one slice at most
@@ -167,7 +168,10 @@ class BaseTask:
         self._process: Callable[[Packet], None] | None = None
         self._fast: Callable[[list[Packet]], None] | None = None   # a whole batch in one loop
         self._lean_fn: Any = None   # a chained map/filter/sink's function, for take() (None: collect)
-        self._keyed_call: Callable[[Any, Any], Any] | None = None  # the same with key counting
+        self._keyed = False   # a map, filter or sink behind key_by: bundles come with keys
+        self._keys_now: list[Any] = []  # their keys, while _apply_counting runs
+        self._at_item: Iterator[Any] = _DONE  # _apply's iterator over its current slice,
+        self._at_end = 0                         # and where that slice ends in its items
         self._slice = 1   # items per cancel check in _apply: one until the function is timed
         self._at = 0   # where in its batch _handle was when it raised
         self._exited = False
@@ -341,29 +345,26 @@ class BaseTask:
             self.emit(out)
         self.state = "idle"
 
-    def _apply(self, fn: Callable[..., Any], items: list[Any], done: list[Any],
-               keys: list[Any] | None = None) -> None:
-        """Append ``fn(x)`` (``fn(x, key)`` with ``keys``) for each of ``items`` to ``done`` (as
-        far as it went when ``fn`` raises), in C-level ``map`` calls over slices sized to take
-        about ``SLICE_TIME`` at the speed measured so far; a cancel is seen between slices. The
-        first slice is one item, so a slow function is called item by item and a cancel never
-        waits long."""
+    def _apply(self, fn: Callable[..., Any], items: list[Any], done: list[Any]) -> None:
+        """Append ``fn(x)`` for each of ``items`` to ``done`` (as far as it went when ``fn``
+        raises), in C-level ``map`` calls over slices sized to take about ``SLICE_TIME`` at the
+        speed measured so far; a cancel is seen between slices. The first slice is one item, so
+        a slow function is called item by item and a cancel never waits long. While ``fn``
+        runs, the item it is on is ``_at_end - 1 -`` what ``_at_item`` has left."""
         control, perf, i, n = self.control, time.perf_counter, 0, len(items)
         k = self._slice
         while i < n:
             if control.cancelled:
                 raise Cancelled(f"{self.ctx.name}: job stopping")
             start = perf()
-            whole = not i and k >= n
-            if keys is None:
-                done.extend(map(fn, items if whole else items[i:i + k]))
-            else:
-                done.extend(map(fn, items if whole else items[i:i + k], keys if whole else keys[i:i + k]))
+            part = items if not i and k >= n else items[i:i + k]
+            self._at_end, self._at_item = i + len(part), iter(part)
+            done.extend(map(fn, self._at_item))
             took = perf() - start
             i += k
             # next slice: about SLICE_TIME of work, growing at most 8-fold at a time
             k = max(1, min(8 * k, BATCH_MAX, int(k * SLICE_TIME / took) if took > 0 else BATCH_MAX))
-        self._slice = k
+        self._slice, self._at_item = k, _DONE  # (no slice kept alive)
 
     @staticmethod
     def _outputs(kind: str, items: list[Any], done: list[Any]) -> list[Any]:
@@ -596,8 +597,7 @@ class BaseTask:
         kind, send = self.ctx.kind, self.router.send
         self._fast = self._batch_process(kind, fn)
         self._lean_fn = fn
-        self._keyed_call = self._key_counting(fn) if self.ctx.keyed_input and kind in (
-            "map", "filter", "sink") else None
+        self._keyed = self.ctx.keyed_input and kind in ("map", "filter", "sink")
         if kind == "sink":
             if fn is None:
                 append = self.results.append  # type: ignore[union-attr]
@@ -635,7 +635,7 @@ class BaseTask:
         inner, ctx, counts = process, self.ctx, self.key_counts
 
         def keyed(p: Packet) -> None:
-            key = ctx.current_key = p.partition_key
+            key = ctx._key = p.partition_key
             if key in counts:
                 counts[key] += 1
             elif len(counts) < KEY_CAP:
@@ -741,7 +741,7 @@ class BaseTask:
                         if control.cancelled:  # a cancel does not wait for the rest of the batch
                             raise Cancelled(stop)
                         if keyed:  # key counts, and the key user code may read
-                            key = ctx.current_key = p.partition_key
+                            key = ctx._key = p.partition_key
                             if key in counts:
                                 counts[key] += 1
                             elif len(counts) < KEY_CAP:
@@ -772,31 +772,19 @@ class BaseTask:
                 send_many(out, True, clean)
         return run
 
-    def _key_counting(self, fn: Any) -> Callable[[Any, Any], Any]:
-        """``fn`` (a collecting sink's append when None) called with each packet's key counted
-        and set as ``ctx.current_key``, as the packet-by-packet loop does."""
-        ctx, counts = self.ctx, self.key_counts
-        target = self.results.append if fn is None else fn  # type: ignore[union-attr]
-
-        def call(x: Any, key: Any) -> Any:
-            ctx.current_key = key
-            if key in counts:
-                counts[key] += 1
-            elif len(counts) < KEY_CAP:
-                counts[key] = 1
-            return target(x)
-        return call
-
     def _apply_counting(self, fn: Callable[..., Any] | None, items: list[Any], done: list[Any],
                         keys: list[Any]) -> None:
-        """``_apply(fn, items, done)`` (a collecting sink's extend when ``fn`` is None), then the
-        keys of the packets it processed (and of the one it failed on) counted as the
-        per-packet call counts them, by C-level passes; ``ctx.current_key`` is the last one's."""
-        k = len(items)
+        """``_apply(fn, items, done)`` (a collecting sink's extend when ``fn`` is None) for the
+        packets of a bundle with their ``keys``. ``ctx.current_key`` finds the key of the packet
+        ``fn`` is on from ``_apply``'s position (nothing per packet); then the keys of the
+        packets processed (and of the one ``fn`` failed on) are counted as one by one, by C-level
+        passes, and ``ctx.current_key`` is the last one's."""
+        k, ctx = len(items), self.ctx
         try:
             if fn is None:
                 self.results.extend(items)  # type: ignore[union-attr]
             else:
+                self._keys_now, ctx._key_at = keys, self._key_at
                 self._apply(fn, items, done)
         except Cancelled:
             k = len(done)
@@ -805,7 +793,12 @@ class BaseTask:
             k = len(done) + 1
             raise
         finally:
+            self._keys_now, ctx._key_at = [], None
             self._count_keys(keys if k == len(keys) else keys[:k])
+
+    def _key_at(self) -> Any:
+        """The key of the packet the user function is on (``ctx.current_key`` in a bundle)."""
+        return self._keys_now[self._at_end - 1 - self._at_item.__length_hint__()]
 
     def _count_keys(self, keys: list[Any]) -> None:
         """Count ``keys`` in ``key_counts`` as one by one: the first ``KEY_CAP`` distinct keys
@@ -819,13 +812,13 @@ class BaseTask:
         else:
             counts.update(filter(counts.__contains__, keys))
         if keys:
-            self.ctx.current_key = keys[-1]
+            self.ctx._key = keys[-1]
 
     def _take_bundles(self, batch: list[Bundle]) -> None:
         """Bundles through a map, filter or sink: the user function over each bundle's payloads
         (:meth:`_apply`), the results on as a bundle with the same trace ids. When it raises,
         ``current`` is the packet it was on and ``_leftover`` what remains (``_at`` is -1)."""
-        kind, fn, keyed = self.ctx.kind, self._lean_fn, self._keyed_call
+        kind, fn, keyed = self.ctx.kind, self._lean_fn, self._keyed
         for i, b in enumerate(batch):
             items, done = b.payloads, []
             if not self._expected:
@@ -833,12 +826,8 @@ class BaseTask:
                 raise ProtocolError(f"{self.ctx.name}: received data after the end of stream of "
                                     f"every input ({len(self._seen)} stop signals)")
             try:
-                if keyed is not None:  # key counts, and the key user code may read
-                    keys = [None] * len(items) if b.keys is None else b.keys
-                    if self._per_instance:  # its object may read ctx.current_key: set per packet
-                        self._apply(keyed, items, done, keys)
-                    else:  # nothing can read it during the call: counted after, in C
-                        self._apply_counting(fn, items, done, keys)
+                if keyed:  # key counts, and the key user code may read
+                    self._apply_counting(fn, items, done, [None] * len(items) if b.keys is None else b.keys)
                 elif kind == "sink" and fn is None:  # a collecting sink
                     self.results.extend(items)  # type: ignore[union-attr]
                 else:
