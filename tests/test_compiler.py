@@ -105,6 +105,16 @@ def test_plan_is_inert_and_lazy():
     pickle.loads(pickle.dumps([qd for qd in plan.queues()]))  # lazy descriptors pickle
 
 
+def test_current_key_is_set_or_looked_up_and_a_lookup_does_not_travel():
+    ctx = wordcount().compile(job_id="j").contexts["count[0]"]
+    assert ctx.keyed_input and ctx.current_key is None
+    ctx._key_at = lambda: "looked up"  # (the runtime's, while a bundle is processed)
+    assert ctx.current_key == "looked up"
+    assert pickle.loads(pickle.dumps(ctx)).current_key is None  # a copy has no lookup of this process
+    ctx.current_key = "set"
+    assert ctx.current_key == "set" and ctx._key_at is None
+
+
 def test_names_with_any_characters_compile():
     p = snb.Pipeline("odd names")
     p.from_iterable([1], name="stage_2").map(ident, name="<img src=x onerror=alert(1)>").sink(name="a b_3")
