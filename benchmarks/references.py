@@ -41,6 +41,33 @@ def fused(n: int) -> float:
     return dt
 
 
+LINE = "the quick brown fox jumps over the lazy dog again"  # a word count's line: 10 words
+
+
+def pair(word: str) -> tuple[str, int]:
+    return (word, 1)
+
+
+def fused_words(n: int) -> float:
+    """A word count with no queues, the ceiling for it: a generator of n / 10 lines, each
+    split into words, each word paired with 1, each pair into a counting sink."""
+    count = [0]
+
+    def sink(_):
+        count[0] += 1
+
+    def lines():
+        yield from itertools.repeat(LINE, n // 10)
+
+    t0 = time.perf_counter()
+    for line in lines():
+        for word in line.split():
+            sink(pair(word))
+    dt = time.perf_counter() - t0
+    assert count[0] == n // 10 * 10
+    return dt
+
+
 def pipeline3(n: int, maxsize: int = 10000) -> float:
     """source thread -> queue.Queue -> map thread -> queue.Queue -> sink thread, per item."""
     q1, q2 = queue.Queue(maxsize), queue.Queue(maxsize)

@@ -12,6 +12,8 @@ Prints one JSON line per measurement and a summary table with ratios:
   and at p = 4 (compared with its own p = 1);
 - p = 1 (default settings) under the live Inspector (rate 10), and the CPU its updater thread
   spent per update;
+- a word count (lines -> flat_map(str.split) -> key_by -> map at p = 1 and p = 4 -> sink),
+  in words/s, against the same word count in one loop;
 - light-traffic latency (one packet in flight) through source -> map -> sink;
 - streamz and Bytewax on the same pipeline, when installed (``benchmarks/peers.py``);
 - memory over a 10,000,000-packet run (RSS sampled while it runs: flat means bounded).
@@ -77,6 +79,21 @@ def sage_pipeline(n: int, parallelism: int = 1, key: bool = False, inspect: bool
         if costs is not None:
             costs.append((*inspector.updater_cost, created, dt))
     assert box[0] == n, (box[0], n)
+    return dt
+
+
+def sage_words(n: int, parallelism: int = 1) -> float:
+    """Seconds for a word count of n words (n / 10 lines of 10): lines in memory ->
+    flat_map(str.split) -> key_by(word) -> map(pair) at ``parallelism`` -> counting sink."""
+    p = snb.Pipeline(f"bench-words-p{parallelism}")
+    sink, box = _count_sink()
+    p.from_iterable([references.LINE] * (n // 10), name="lines").flat_map(str.split, name="split") \
+        .key_by(references.identity).map(references.pair, name="count", parallelism=parallelism) \
+        .sink(sink, name="sink")
+    t0 = time.perf_counter()
+    p.run().wait(timeout=600)
+    dt = time.perf_counter() - t0
+    assert box[0] == n // 10 * 10, (box[0], n)
     return dt
 
 
@@ -162,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     before = set(threading.enumerate())
     costs: list[tuple[int, float, float, float]] = []
     others = peers.available()
-    raw, fused, batched, b1, p1, gen, chained, gen_chained, h1, p4, watched, *peer_rates = measure({
+    raw, fused, batched, b1, p1, gen, chained, gen_chained, h1, p4, watched, fused_wc, wc1, wc4, \
+        *peer_rates = measure({
         "raw 3-stage queue.Queue(10000) threads": references.pipeline3,
         "raw fused loop": references.fused,
         "raw 3-stage threads, lists of 256": references.pipeline3_batched,
@@ -174,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         "sage_nb threads default map p=1 hash": lambda k: sage_pipeline(k, 1, key=True),
         "sage_nb threads default map p=4 hash": lambda k: sage_pipeline(k, 4, key=True),
         "sage_nb threads default under the Inspector": lambda k: sage_pipeline(k, inspect=True, costs=costs),
+        "raw fused word count": references.fused_words,
+        "sage_nb threads default word count p=1": sage_words,
+        "sage_nb threads default word count p=4": lambda k: sage_words(k, 4),
         **others,
     }, n, reps).values()
     med = statistics.median
@@ -208,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{ratio(p4, h1):.2f}x own p=1 (target >= 0.8x); {ratio(p4, p1):.2f}x default (no key)"),
         ("sage_nb threads default under the Inspector", f"{med(watched):12,.0f}",
          f"{ratio(watched, p1):.2f}x default without it (target >= 0.95x)"),
+        ("raw fused word count (words/s)", f"{med(fused_wc):12,.0f}", f"{ratio(fused_wc, fused):.2f}x fused"),
+        ("sage_nb threads default word count p=1", f"{med(wc1):12,.0f}", f"{ratio(wc1, fused_wc):.3f}x fused word count"),
+        ("sage_nb threads default word count p=4", f"{med(wc4):12,.0f}",
+         f"{ratio(wc4, fused_wc):.3f}x fused word count; {ratio(wc4, wc1):.2f}x its p=1"),
         *((name, f"{med(rates):12,.0f}",
            f"{ratio(rates, fused):.3f}x fused; sage_nb default is {ratio(p1, rates):.2f}x this, "
            f"chain=True {ratio(chained, rates):.2f}x")

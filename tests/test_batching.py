@@ -105,9 +105,12 @@ def test_a_fast_generator_that_blocks_mid_slice_holds_back_nothing(no_leak):
     assert next(c for c in snap.connections if c.target_operator == "m").packets_sent == 15000
 
 
-def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak):
-    """The map blocks in user code on item 3 until the sink has seen items 0-2: the linger
-    flusher ships them meanwhile (they are in the map's buffer, not in a full batch)."""
+@pytest.mark.parametrize("batch_size", [256, None])
+@pytest.mark.parametrize("kind", ["map", "filter", "flat_map"])
+def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak, kind, batch_size):
+    """The operator blocks in user code on item 3 until the sink has seen items 0-2: the linger
+    flusher sends them on meanwhile (whether they wait in the router's buffer or, made of a
+    bundle the user code is still on, in the task)."""
     seen: list[int] = []
     three = threading.Event()
     waited = []
@@ -122,10 +125,17 @@ def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak):
         if len(seen) == 3:
             three.set()
 
-    p = snb.Pipeline("batching-slow-map")
-    p.from_iterable(range(6)).map(slow).sink(sink, name="out")
-    finished(p.run(batch_size=256, linger=0.002, queue_maxsize=64))
-    assert waited == [True] and seen == list(range(6))
+    p = snb.Pipeline(f"batching-slow-{kind}-{batch_size}")
+    src = p.from_iterable(range(6 if batch_size else 3000))
+    if kind == "map":
+        src = src.map(slow)
+    elif kind == "filter":
+        src = src.filter(lambda x: slow(x) is not None)
+    else:
+        src = src.flat_map(lambda x: [slow(x)])
+    src.sink(sink, name="out")
+    finished(p.run(batch_size=batch_size, linger=0.002, **({"queue_maxsize": 64} if batch_size else {})))
+    assert waited == [True] and seen == list(range(6 if batch_size else 3000))
 
 
 def test_counters_are_exact_and_queues_count_packets_with_batching(no_leak):
@@ -192,6 +202,91 @@ def test_an_error_deep_in_a_bundle_names_its_packet_and_what_came_before_goes_on
     assert failed.packets_in + 1 + failed.unprocessed + failed.queue.used == sent
 
 
+def test_a_flat_map_takes_bundles_and_its_items_keep_their_packets_trace_id(bundled, no_leak):
+    from sage_nb.inspector.tables import packet_path
+
+    lines = [" ".join(f"w{i}.{j}" for j in range((i + 1) % 4)) for i in range(900)]  # 0 to 3 words
+    p = snb.Pipeline("bundle-flat")
+    p.from_iterable(lines, name="src").flat_map(str.split, name="split").map(str.upper, name="m") \
+        .sink(name="out")
+    job = p.run(backend=bundled)
+    snap = finished(job)
+    words = [w.upper() for line in lines for w in line.split()]
+    assert job.results("out") == words
+    traced: dict[str, set[int]] = {}
+    for d in snap.trace:
+        traced.setdefault(d.sender, set()).add(d.seq)
+    first = min(traced["src[0]"])  # the first line's: its one word is traced on each hop after
+    assert packet_path(snap, first, "logical") == ["src->split", "split->m", "m->out"]
+    assert snap.trace_skipped == 900 + 2 * len(words) - len(snap.trace)   # every decision is counted
+
+
+def test_each_item_of_a_flat_map_carries_the_trace_id_of_its_packet(no_leak, monkeypatch):
+    from sage_nb.runtime.task import BaseTask
+
+    sent = []
+    send = BaseTask._send_bundle
+
+    def spy(self, b, done=None):  # the bundles the flat_map sends on, as they go
+        if self.ctx.operator == "split":
+            sent.append((list(b.payloads), list(b.seqs)))
+        return send(self, b, done)
+
+    monkeypatch.setattr(BaseTask, "_send_bundle", spy)
+    lines = [" ".join(f"{i}.{j}" for j in range(i % 5)) for i in range(3000)]  # 0 to 4 words
+    p = snb.Pipeline("bundle-flat-ids")
+    p.from_iterable(lines, name="src").flat_map(str.split, name="split").sink(name="out")
+    job = p.run()
+    finished(job)
+    assert [w for words, _ in sent for w in words] == job.results("out") == " ".join(lines).split()
+    line_of = {}  # trace id -> the line its words came from
+    for words, ids in sent:
+        for w, seq in zip(words, ids, strict=True):
+            assert line_of.setdefault(seq, w.split(".")[0]) == w.split(".")[0]
+    assert len(line_of) == sum(1 for line in lines if line)   # one trace id a line, each its own
+
+
+def test_a_flat_map_call_that_yields_many_items_streams_them(no_leak):
+    """An iterator is read a batch at a time and what it gave goes on meanwhile: the sink gets
+    the first items while the call still yields (gathered whole, it would wait forever)."""
+    got = threading.Event()
+    waited = []
+
+    def many(n):
+        yield from range(n)
+        waited.append(got.wait(10))  # the sink has item 0 before this call ends
+        yield from range(n, 2 * n)
+
+    p = snb.Pipeline("bundle-flat-stream")
+    p.from_iterable([5000, 3], name="src").flat_map(many, name="split") \
+        .sink(lambda x: got.set() if x == 0 else None, name="out")
+    job = p.run(queue_maxsize=4096)
+    finished(job)
+    assert waited == [True, True]
+    assert job.snapshot().task("out[0]").packets_in == 10_006
+
+
+@pytest.mark.parametrize("batch_size", [1, None])
+def test_a_failing_flat_map_call_passes_on_what_it_gave_and_names_its_packet(no_leak, batch_size):
+    def words(i):
+        yield from (f"{i}.{j}" for j in range(3))
+        if i == 1500:
+            raise ValueError(f"bad line {i}")
+
+    p = snb.Pipeline(f"bundle-flat-error-{batch_size}")
+    p.from_iterable(range(3000), name="src").flat_map(words, name="split").sink(name="out")
+    job = p.run(batch_size=batch_size)
+    with pytest.raises(snb.JobFailed) as info:
+        job.wait(timeout=30)
+    e = info.value
+    assert e.node == "split" and str(e.packet).endswith(" 1500") and str(e.__cause__) == "bad line 1500"
+    assert job.results("out") == [f"{i}.{j}" for i in range(1501) for j in range(3)]
+    snap = job.snapshot()
+    failed = snap.task(e.instance)
+    sent = sum(c.packets_sent for c in snap.connections if c.target == e.instance)
+    assert failed.packets_in == 1500 and failed.packets_in + 1 + failed.unprocessed + failed.queue.used == sent
+
+
 def test_keyed_bundles_count_keys_and_show_user_code_each_packets_key(bundled, no_leak):
     from sage_nb.communication import partition
 
@@ -227,7 +322,7 @@ class Keyed:
         return (x, self.ctx.current_key)
 
 
-@pytest.mark.parametrize("kind", ["map", "class", "filter", "sink", "collect"])
+@pytest.mark.parametrize("kind", ["map", "class", "filter", "flat_map", "sink", "collect"])
 def test_keys_counted_after_the_function_match_one_by_one(no_leak, monkeypatch, kind):
     """A bundle's keys are counted after the user function ran over it, in bulk. The counts
     (only the first KEY_CAP distinct keys an instance sees) and the last key are those of
@@ -245,6 +340,8 @@ def test_keys_counted_after_the_function_match_one_by_one(no_leak, monkeypatch, 
             keyed.map(Keyed, name="k", parallelism=3).sink(name="out")
         elif kind == "filter":
             keyed.filter(lambda x: x % 3, name="k", parallelism=3).sink(name="out")
+        elif kind == "flat_map":
+            keyed.flat_map(lambda x: [x] * (x % 3), name="k", parallelism=3).sink(name="out")
         else:
             keyed.sink(None if kind == "collect" else (lambda x: None), name="k", parallelism=3)
         job = p.run(batch_size=batch_size)

@@ -32,6 +32,8 @@ def test_a_small_bench_run_prints_every_row_of_the_table(capsys):
         "sage_nb threads default chain=True", "sage_nb threads default chain=True, generator source",
         "sage_nb threads default map p=1 hash", "sage_nb threads default map p=4 hash",
         "sage_nb threads default under the Inspector"]
+    assert names[11:14] == ["raw fused word count (words/s)", "sage_nb threads default word count p=1",
+                            "sage_nb threads default word count p=4"]
     assert names[-3:] == ["latency p50, raw two thread hops", "latency p50, sage_nb batch_size=1",
                           "latency p50, sage_nb default"]
     assert "memory over 30,000 packets" in out and "Inspector updater:" in out

@@ -329,6 +329,11 @@ class Shipper:
                 cache.update(new)
         return owners
 
+    def takes(self, n: int) -> bool:
+        """Whether a bundle of ``n`` packets sent now goes without waiting for room (bundles
+        only: each queue of the edge has room for all of them, nothing waits before them)."""
+        return self.bundles() and all(not c.batch and _takes(c.queue, n) for c in self._lane.connections)
+
     def bundle_key(self) -> Any:
         """The key function a bundle sent now is split by (None: round-robin, or not kept whole)."""
         return self._lane.key if self.bundles() else None

@@ -21,7 +21,7 @@ sage_nb.errors.BackendError: batch_size must be an int in [1, 65536], got 0; use
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown
@@ -29,6 +29,7 @@ from ..errors import BackendError, Cancelled
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..communication.router import BaseRouter
+    from .task import BaseTask
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LINGER", "MAX_BATCH_SIZE", "MAX_LINGER", "QUEUE_BATCHES", "Flusher",
            "check_batching"]
@@ -62,7 +63,9 @@ class Flusher:
 
     A buffer is shipped when it was not empty at the previous check and no batch left on its
     connection since; a source's gathered items likewise are routed when no bundle of them left
-    since (it also looks while a source pulls a slice of items: its code may block mid-slice).
+    since (it also looks while a source pulls a slice of items: its code may block mid-slice);
+    what a task's user code made of a bundle in hand goes on once it waited ``linger`` (the
+    task's code may block in the middle of the bundle).
     The flusher does not wait on a full queue (it puts what fits; gathered items go only when
     every queue of their edge has room for all of them, and only another producer filling one
     meanwhile makes it wait, as cancellably as any put) nor on a router that is shipping: the
@@ -71,14 +74,24 @@ class Flusher:
     """
 
     def __init__(self, routers: list[BaseRouter], linger: float, done: threading.Event,
-                 cancel: threading.Event, failed: Callable[[BaseRouter, BaseException], Any] | None = None) -> None:
+                 cancel: threading.Event, failed: Callable[[BaseRouter, BaseException], Any] | None = None,
+                 tasks: Sequence[BaseTask] = ()) -> None:
         self.routers = routers
+        self.tasks = tasks  # their results of a bundle in hand go on too while user code runs
+        self.asleep = False  # it waits to be woken (not only for its next look)
         self.failed = failed  # told when shipping for a router raised here (the job fails, naming its task)
         self.tick = linger / 2
         self.done, self.cancel = done, cancel
         self.wake = threading.Event()
         for r in routers:
             r.wake = self.wake.set
+        for t in tasks:
+            t.poke = self.poke
+
+    def poke(self) -> None:
+        """A task has results of a bundle in hand: wake the flusher if it sleeps."""
+        if self.asleep:
+            self.wake.set()
 
     def stop(self) -> None:
         """Wake the flusher so that it sees the job ended (``done`` or ``cancel`` is set)."""
@@ -91,7 +104,7 @@ class Flusher:
         wake, done, cancel = self.wake, self.done, self.cancel
         while not done.is_set() and not cancel.is_set():
             wake.clear()  # before looking: a buffer that fills after the look wakes us
-            waiting = False
+            self.asleep, waiting = True, False  # (so does a task's bundle from now on)
             try:
                 for r in self.routers:  # a source's items, kept while it was busy in user code
                     if r.gathered or r.slicing:
@@ -101,6 +114,10 @@ class Flusher:
                     if c.batch:
                         waiting = True
                         _when_still(seen, c, "batches_sent", lambda r=r, c=c: r._ship(c, block=False))
+                for t in self.tasks:  # a map's results of a bundle, made before its code blocked
+                    if t._pending is not None:
+                        waiting, r = True, t.router
+                        t._results_due(False)
             except (Cancelled, QueueShutDown):  # the job is stopping
                 return
             except BaseException as exc:  # e.g. a payload's repr for the routing trace, put_timeout
@@ -108,6 +125,7 @@ class Flusher:
                     raise
                 self.failed(r, exc)
             if waiting:
+                self.asleep = False
                 done.wait(self.tick)
             else:  # (a second at most: the job's end is seen even without stop())
                 wake.wait(1.0)

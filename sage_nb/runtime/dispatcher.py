@@ -49,7 +49,7 @@ class Dispatcher:
             task = BaseTask(ctx, self, results=self.results.get(ctx.operator),
                             node_attrs=plan.logical.nodes[ctx.operator], put_timeout=put_timeout,
                             batch_size=self.batch_size)
-            task.router.tracer = self.trace
+            task.router.tracer, task.linger = self.trace, self.linger
             self.tasks[name] = task
         specs = plan.logical.graph.get("services", {})
         self.services = {s: ServiceRunner(sctx, specs[s]) for s, sctx in plan.services.items()}
@@ -91,11 +91,13 @@ class Dispatcher:
         if self.services:
             for ctx in self.plan.contexts.values():
                 ctx._caller = ServiceCaller(ctx)
+        batching = [t.router for t in self.tasks.values() if t.router.batching]
+        if batching:  # (made first: the tasks know it from their first packet on)
+            self.flusher = Flusher(batching, self.linger, self.done, self.control.cancel, self._flush_failed,
+                                   [t for t in self.tasks.values() if t.router.batching])
         for task in link(self.tasks):  # a chained task runs in its upstream's thread
             self.backend.spawn(task.run, task.ctx.name)
-        batching = [t.router for t in self.tasks.values() if t.router.batching]
-        if batching:
-            self.flusher = Flusher(batching, self.linger, self.done, self.control.cancel, self._flush_failed)
+        if self.flusher is not None:
             self.backend.spawn(self.flusher.run, "flusher")
 
     def _flush_failed(self, router: Any, exc: BaseException) -> None:

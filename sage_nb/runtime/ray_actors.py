@@ -155,6 +155,7 @@ class TaskActor:
                                      linger=spec["linger"] if ctx.kind == "source" else None,
                                      batch=spec["batch"])
         task.router.tracer = self.trace
+        task.linger = IDLE_LINGER  # a bundle's results wait no longer while user code runs
         if ctx.input_qd is not None:
             q = ctx.input_qd.queue_instance
             ahead = isinstance(q, RayQueueProxy) and ctx.kind != "source"
