@@ -170,7 +170,7 @@ class BaseTask:
         self._process: Callable[[Packet], None] | None = None
         self._fast: Callable[[list[Packet]], None] | None = None   # a whole batch in one loop
         self._lean_fn: Any = None   # a chained map/filter/sink's function, for take() (None: collect)
-        self._keyed = False   # a map, filter or sink behind key_by: bundles come with keys
+        self._keyed = False   # a map, filter, flat_map or sink behind key_by: bundles come with keys
         self._keys_now: list[Any] = []  # their keys, while _apply_counting runs
         self._at_item: Iterator[Any] = _DONE  # _apply's iterator over its current slice,
         self._at_end = 0                         # and where that slice ends in its items
