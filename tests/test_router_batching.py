@@ -471,8 +471,8 @@ def test_the_flusher_routes_what_a_source_kept_while_its_code_blocks_mid_slice()
     with flushing(r):
         source = Background(lambda: r.slice_gatherer()[0](items(), 10))
         wait_for(lambda: g.connections[0].packets_sent == 2, timeout=5)
-        routed.set()
-        source.join()
+    routed.set()  # (the flusher has stopped: "c" stays kept, however slow this thread is)
+    source.join()
     assert seen_slicing == [True] and payloads(g) == [["a", "b"]] and r.gathered == ["c"]
     assert r.kept_count() == 3 and not r.slicing
 
