@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 from _reliability import finished
@@ -136,6 +138,43 @@ def test_slow_user_code_does_not_hold_what_its_task_already_routed(no_leak, kind
     src.sink(sink, name="out")
     finished(p.run(batch_size=batch_size, linger=0.002, **({"queue_maxsize": 64} if batch_size else {})))
     assert waited == [True] and seen == list(range(6 if batch_size else 3000))
+
+
+class _Marker:
+    """A map that creates the file ``path`` once it has seen three items (in its own Ray actor)."""
+
+    path = ""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, x):
+        self.seen += 1
+        if self.seen == 3:
+            with open(self.path, "w"):
+                pass
+        return x
+
+
+@pytest.mark.ray
+def test_on_ray_slow_user_code_does_not_hold_what_it_made_of_a_bundle(ray_session, no_leak, tmp_path):
+    """The map's actor blocks in user code on item 3 until the next map (another process) has
+    seen items 0-2, made of the same bundle: the actor's flusher sends them on meanwhile."""
+    path = str(tmp_path / "three")
+    marker = type("Marker", (_Marker,), {"path": path})
+
+    def slow(x):
+        if x != 3:
+            return (x, True)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)  # (the signal comes from another process: a file)
+        return (x, os.path.exists(path))
+
+    p = snb.Pipeline("batching-slow-ray")
+    p.from_iterable(range(6), name="src").map(slow, name="slow").map(marker, name="mark").sink(name="out")
+    job = p.run(backend="ray")
+    assert sorted(job.wait(timeout=60).results("out")) == [(x, True) for x in range(6)]
 
 
 def test_counters_are_exact_and_queues_count_packets_with_batching(no_leak):

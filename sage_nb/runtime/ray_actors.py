@@ -74,6 +74,10 @@ def rebuild_exception(info: dict[str, Any]) -> BaseException:
     return exc
 
 
+def _tick() -> None:
+    """A task's ``poke`` where the flusher is a timer (:meth:`TaskActor._linger`): nothing to wake."""
+
+
 class TaskActor:
     """One task instance (run with ``ray.remote(max_concurrency=...)``): ``run`` holds one thread
     for the loop; ``pause``, ``unpause``, ``drain``, ``cancel`` and ``report`` use the others."""
@@ -156,6 +160,7 @@ class TaskActor:
                                      batch=spec["batch"])
         task.router.tracer = self.trace
         task.linger = IDLE_LINGER  # a bundle's results wait no longer while user code runs
+        task.poke = _tick
         if ctx.input_qd is not None:
             q = ctx.input_qd.queue_instance
             ahead = isinstance(q, RayQueueProxy) and ctx.kind != "source"
@@ -166,13 +171,17 @@ class TaskActor:
 
     def _linger(self) -> None:
         """Every ``IDLE_LINGER`` seconds, ship what waited that long while the loop was busy in
-        user code (a timer, not an event per packet: no GIL hand-off on the packets' path)."""
-        router = self.task.router  # type: ignore[union-attr]
+        user code (a timer, not an event per packet: no GIL hand-off on the packets' path),
+        results the user code made of a bundle it is still on included."""
+        task = self.task
+        router = task.router  # type: ignore[union-attr]
         while self._running:
             time.sleep(IDLE_LINGER)
-            if not router.pending or time.monotonic() - router.last_flush < IDLE_LINGER:
-                continue  # read without the lock: the next tick sees a change
             try:
+                if task._pending is not None:  # type: ignore[union-attr]
+                    task._results_due(False)  # type: ignore[union-attr]  # (into the router's buffers)
+                if not router.pending or time.monotonic() - router.last_flush < IDLE_LINGER:
+                    continue  # read without the lock: the next tick sees a change
                 with router.lock:
                     if router.pending and time.monotonic() - router.last_flush >= IDLE_LINGER:
                         router.flush()

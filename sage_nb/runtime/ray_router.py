@@ -107,6 +107,11 @@ class BatchingRouter(BaseRouter):
     def routes_in_bulk(self) -> bool:
         return self.bundles()
 
+    def takes(self, n: int) -> bool:
+        """True: what is sent here waits in a buffer (the actor's flusher may wait for a batch in
+        flight, as its flushes do)."""
+        return True
+
     def gathers(self) -> bool:
         """Whether a source's items may wait as plain payloads (:meth:`gather`): bundles on."""
         return self.bundles()
