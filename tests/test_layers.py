@@ -16,7 +16,8 @@ ROOT = Path(sage_nb.__file__).parent
 # module prefix -> sage_nb modules it must not import at module level (DESIGN §1 "must not know")
 FORBIDDEN = {
     "sage_nb.graph": ("sage_nb.runtime", "sage_nb.inspector", "sage_nb.compiler"),
-    "sage_nb.compiler": ("sage_nb.runtime.task", "sage_nb.runtime.threads", "sage_nb.runtime.dispatcher",
+    "sage_nb.compiler": ("sage_nb.runtime.task", "sage_nb.runtime.sources", "sage_nb.runtime.bundles",
+                         "sage_nb.runtime.chain", "sage_nb.runtime.threads", "sage_nb.runtime.dispatcher",
                          "sage_nb.runtime.job", "sage_nb.runtime.ray_backend", "sage_nb.inspector"),
     "sage_nb.communication": ("sage_nb.graph", "sage_nb.compiler", "sage_nb.runtime", "sage_nb.inspector",
                               "sage_nb.metrics"),

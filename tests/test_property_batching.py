@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_property_dags import MAX_DELIVERED, dags, expected_outputs, mod7
 
 import sage_nb as snb
-from sage_nb.runtime import task as task_module
+from sage_nb.runtime import sources as sources_module
 
 pytestmark = STRICT_THREADS
 
@@ -113,7 +113,7 @@ def test_batching_keeps_outputs_and_per_connection_order(no_leak, g, batch_size,
     sinks = [v for v in g.nodes if g.nodes[v]["kind"] == "sink"]
     _received.clear()
     # a generator source is timed every 2 items instead of 256: these few items also go in slices
-    with mock.patch.object(task_module, "TIMED_RUN", 2 if generators else task_module.TIMED_RUN):
+    with mock.patch.object(sources_module, "TIMED_RUN", 2 if generators else sources_module.TIMED_RUN):
         job = snb.run(tagged(g, generators), batch_size=batch_size, linger=linger, queue_maxsize=queue_maxsize,
                       chain=chain)
         snap = finished(job)

@@ -31,9 +31,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..communication.router import BaseRouter
     from .task import BaseTask
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_LINGER", "MAX_BATCH_SIZE", "MAX_LINGER", "QUEUE_BATCHES", "Flusher",
+__all__ = ["BATCH_MAX", "DEFAULT_BATCH_SIZE", "DEFAULT_LINGER", "MAX_BATCH_SIZE", "MAX_LINGER", "QUEUE_BATCHES", "Flusher",
            "check_batching"]
 
+BATCH_MAX = 256            # entries a task takes from its input queue in one call
 DEFAULT_BATCH_SIZE = 1024  # packets per connection per put (make bench: 256 reached half the rate)
 QUEUE_BATCHES = 16         # batches a queue holds by default: fewer, and the threads hand over at every one
 DEFAULT_LINGER = 0.005     # seconds a routed packet may wait for its batch

@@ -12,13 +12,21 @@ whose items come from user code is not fused (see ``chain_edges``).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..communication.local_queue import QueueShutDown
+from ..communication.packet import Packet, StopSignal
+from ..errors import Cancelled
+
 if TYPE_CHECKING:  # pragma: no cover
+    from ..communication.router import BaseRouter
+    from .context import TaskContext
     from .task import BaseTask
 
-__all__ = ["Inlet", "link"]
+__all__ = ["ChainedTask", "Inlet", "link"]
 
 
 class Inlet:
@@ -58,3 +66,151 @@ def link(tasks: dict[str, BaseTask]) -> list[BaseTask]:
         conn._queue = conn.receiver = Inlet(task, up)
         up.chain_next, up.chain_conn = task, conn
     return heads
+
+
+class ChainedTask:
+    """The chained half of :class:`~sage_nb.runtime.task.BaseTask` (a mixin: it uses the
+    task's context, router, counters, ``_open``, ``_make_process``, ``_handle``, ``_failed``,
+    ``_close``, ``_exit``, ``_on_stop``, ``_apply`` and ``_outputs``)."""
+
+    ctx: TaskContext
+    router: BaseRouter
+    results: list | None
+    state: str
+    error: BaseException | None
+    current: Any
+    packets_in: int
+    discarded: int
+    busy_time: float
+    chained_time: float
+    last: list[Any]
+    chain_next: BaseTask | None
+    chain_conn: Any
+    _process: Callable[[Packet], None] | None
+    _lean_fn: Any
+    _leftover: list[Any]
+    _expected: set[tuple[str, int]]
+    _seen: set[tuple[str, int]]
+    _at: int
+
+    def _open_chained(self) -> None:
+        """Open this chained instance (in its upstream's thread); a failure fails only it."""
+        try:
+            fn = self._open()
+            self._process = self._make_process(fn)
+            self.state = "idle"
+        except BaseException as exc:
+            self._failed(exc)
+
+    def feed(self, items: list[Any]) -> None:
+        """Process ``items`` (packets and stop signals) handed over by the upstream instance
+        this one is chained to, in its thread; at the last stop signal close and end."""
+        expected, process = self._expected, self._process
+        if self.error is not None or process is None:  # failed: discard the data, count the stops
+            self._discard(items)
+            return
+        router, perf = self.router, time.perf_counter
+        start, blocked, chained = perf(), router.blocked_time, self.chained_time
+        self.state = "busy"
+        try:
+            self._handle(items, process, set(map(type, items)))
+        except (Cancelled, QueueShutDown):
+            self._leftover = items[self._at:]
+            raise  # the job stops: so does the task this one runs in
+        except BaseException as exc:
+            self.current = items[self._at] if self._at < len(items) else None
+            self._failed(exc)
+            self._discard(items[self._at + 1:])
+            return
+        finally:
+            self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - chained)
+        self.last = [m.payload for m in items[-5:] if m.__class__ is not StopSignal] or self.last
+        if expected:
+            self.state = "idle"
+            return
+        self.state = "closing"
+        try:
+            self._close()
+        except BaseException as exc:
+            self._failed(exc)
+        if not router.closed:
+            router.send_stop_signal()
+        if self.error is None:
+            self.state = "finished"
+        self._exit()
+
+    def _discard(self, items: list[Any]) -> None:
+        """After a failure: count the data as discarded; end once every stop signal came."""
+        for msg in items:
+            if msg.__class__ is StopSignal:
+                self._on_stop(msg, self._expected, self._seen)
+            else:
+                self.discarded += 1
+        if not self._expected and not self._exited:
+            if not self.router.closed:
+                self.router.send_stop_signal()
+            self._exit()
+
+    def lean_next(self) -> BaseTask | None:
+        """The task chained to this one when it takes plain items (:meth:`take`): a map,
+        filter or sink, with micro-batching on (``batch_size=1`` keeps packets everywhere)."""
+        t = self.chain_next
+        if t is None or not self.router.batching or t.ctx.kind not in ("map", "filter", "sink"):
+            return None
+        return t
+
+    def emit(self, items: list[Any]) -> None:
+        """Send plain items on: straight into the task chained to this one (:meth:`take`,
+        no packet made), else as fresh packets through the router."""
+        t = self.lean_next()
+        if t is None:
+            self.router.send_many(Packet.fresh_many(items), True, True)
+            return
+        self.chain_conn.packets_sent += len(items)  # type: ignore[union-attr]
+        self.router.skip_traced(len(items))  # routing decisions not recorded
+        start = time.perf_counter()
+        try:
+            t.take(items)
+        finally:
+            self.chained_time += time.perf_counter() - start
+
+    def take(self, items: list[Any]) -> None:
+        """:meth:`feed` for plain items (payloads): a chained map, filter or sink, each item
+        through the user function in one C-level loop that a cancel cuts short."""
+        fn, kind = self._lean_fn, self.ctx.kind
+        if self.error is not None or self._process is None:  # failed: discard
+            self.discarded += len(items)
+            return
+        router, perf = self.router, time.perf_counter
+        start, blocked, inner = perf(), router.blocked_time, self.chained_time
+        self.state = "busy"
+        done: list[Any] = []  # fn's result for each item, as far as it went
+        try:
+            if kind == "sink" and fn is None:  # a collecting sink
+                self.results.extend(items)  # type: ignore[union-attr]
+                done = items
+            else:
+                self._apply(fn, items, done)
+        except (Cancelled, QueueShutDown):
+            self.packets_in += len(done)
+            self._leftover = items[len(done):]
+            raise
+        except BaseException as exc:
+            i = len(done)
+            self.packets_in += i
+            self.current = items[i]
+            out = self._outputs(kind, items, done)
+            if out:  # what was processed before goes on, as packet by packet
+                with contextlib.suppress(Cancelled, QueueShutDown):
+                    self.emit(out)
+            self._failed(exc)
+            self.discarded += len(items) - i - 1
+            return
+        finally:
+            self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - inner)
+        self.packets_in += len(items)
+        self.last = items[-5:]
+        out = self._outputs(kind, items, done)
+        if out:
+            self.emit(out)
+        self.state = "idle"

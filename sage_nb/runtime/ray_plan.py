@@ -13,7 +13,7 @@ from typing import Any
 from ..communication.queue_descriptor import PythonQueueDescriptor
 from ..communication.ray_queue import RayQueueDescriptor
 from ..errors import BackendError
-from .task import _calls, _is_generator_function
+from .sources import _calls, _is_generator_function
 
 __all__ = ["instance_spec", "materialise_sources", "service_spec", "strided", "use_ray_queues"]
 

@@ -4,53 +4,38 @@ The loop is backend-neutral: the threads backend runs :meth:`BaseTask.run` in a 
 the Ray backend inside an actor. End of stream follows DESIGN §2: the task finishes after
 one :class:`StopSignal` from every incoming connection, runs ``close()``, then forwards one
 stop signal on each of its own connections. Stop signals never reach user code.
+
+Here: the life cycle, the input loop and packets one by one. A source's loop is in
+:mod:`.sources`, bundles through user code in :mod:`.bundles`, a chained instance's
+hand-over in :mod:`.chain`; :class:`BaseTask` is made of those halves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from functools import partial
-from itertools import compress, islice, repeat
+from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any, Protocol
 
 from ..communication.local_queue import QueueShutDown
 from ..communication.packet import Bundle, Packet, StopSignal
 from ..communication.router import BaseRouter
 from ..errors import Cancelled, ProtocolError
-from .batching import DEFAULT_LINGER
-from .context import IN_MEMORY_TYPES, TaskContext
+from .batching import BATCH_MAX, DEFAULT_LINGER
+from .bundles import _BUNDLES, _DONE, BundlePath
+from .chain import ChainedTask
+from .context import TaskContext
+from .sources import END, SourceLoop
 
 __all__ = ["END", "BaseTask", "Control"]
 
 log = logging.getLogger("sage_nb")
 
-#: Returned by a callable source to end its stream.
-class _EndOfStream:
-    """The end-of-stream marker a source returns or a producer puts (one object, even pickled)."""
-
-    def __repr__(self) -> str:
-        return "sage_nb.END"
-
-    def __reduce__(self) -> str:
-        return "END"
-
-
-END: Any = _EndOfStream()
 KEY_CAP = 1000      # distinct keys counted per instance for the key distribution
-BATCH_MAX = 256     # packets taken from the input queue in one call
-SOURCE_CHUNK = 64   # items of an in-memory sequence a batching source routes at once
-SLICE_TIME = 0.001  # seconds of user code between two cancel checks over plain items (_apply)
-_DONE: Iterator[Any] = iter(())  # an exhausted iterator
-GATHER_TIME = 0.0002  # seconds of a source's code between two looks (pause, stop, a waiting reader)
-TIMED_RUN = 256     # items a source gathers one by one between two looks at how fast they come
-MAX_SLICE = 65_536  # items a source takes in one slice at most
-_IN_MEMORY = tuple(type(iter(t(0) if t is range else t())) for t in IN_MEMORY_TYPES)  # their iterators
 
 
 class Owner(Protocol):
@@ -91,50 +76,7 @@ class Control:
         self.resume.set()
 
 
-class _Shared:
-    """One iterator shared by a source's instances: each item goes to exactly one of them."""
-
-    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
-        self._make, self._it, self._lock = make, None, threading.Lock()
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            with self._lock:
-                if self._it is None:
-                    self._it = iter(self._make())
-                try:
-                    item = next(self._it)
-                except StopIteration:
-                    return
-            yield item
-
-
-def _slice(n: int, took: float) -> int:
-    """Items for the next slice of a source that took ``took`` seconds for ``n``: about
-    ``GATHER_TIME`` of work, growing at most 8-fold at a time."""
-    return max(1, min(8 * n, MAX_SLICE, int(n * GATHER_TIME / took) if took > 0 else MAX_SLICE))
-
-
-def _queue_items(q: Any) -> Iterator[Any]:
-    while True:
-        for item in q.get_many(BATCH_MAX):
-            if item is END:
-                return
-            yield item
-
-
-def _calls(fn: Callable[[], Any]) -> Iterator[Any]:
-    while True:
-        try:
-            item = fn()
-        except StopIteration:
-            return
-        if item is END:
-            return
-        yield item
-
-
-class BaseTask:
+class BaseTask(SourceLoop, BundlePath, ChainedTask):
     """Runs one instance; ``state`` and the counters are read by snapshots from other threads."""
 
     def __init__(self, ctx: TaskContext, owner: Owner, *, results: list | None = None,
@@ -159,6 +101,7 @@ class BaseTask:
         self._leftover: list[Any] = []
         self._per_instance = False
         self.key_counts: Counter[Any] = Counter()
+        self.key_cap = KEY_CAP   # distinct keys counted (the first ones seen)
         self.last: list[Any] = []
         self.current: Any = None   # the packet being processed when user code raised
         self.error: BaseException | None = None
@@ -229,163 +172,6 @@ class BaseTask:
             self.state = "cancelled"
             self._close(quiet=True)
         self.owner.task_exited(self)
-
-    # ------------------------------------------------------------------ chained (chain=True)
-    def _open_chained(self) -> None:
-        """Open this chained instance (in its upstream's thread); a failure fails only it."""
-        try:
-            fn = self._open()
-            self._process = self._make_process(fn)
-            self.state = "idle"
-        except BaseException as exc:
-            self._failed(exc)
-
-    def feed(self, items: list[Any]) -> None:
-        """Process ``items`` (packets and stop signals) handed over by the upstream instance
-        this one is chained to, in its thread; at the last stop signal close and end."""
-        expected, process = self._expected, self._process
-        if self.error is not None or process is None:  # failed: discard the data, count the stops
-            self._discard(items)
-            return
-        router, perf = self.router, time.perf_counter
-        start, blocked, chained = perf(), router.blocked_time, self.chained_time
-        self.state = "busy"
-        try:
-            self._handle(items, process, set(map(type, items)))
-        except (Cancelled, QueueShutDown):
-            self._leftover = items[self._at:]
-            raise  # the job stops: so does the task this one runs in
-        except BaseException as exc:
-            self.current = items[self._at] if self._at < len(items) else None
-            self._failed(exc)
-            self._discard(items[self._at + 1:])
-            return
-        finally:
-            self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - chained)
-        self.last = [m.payload for m in items[-5:] if m.__class__ is not StopSignal] or self.last
-        if expected:
-            self.state = "idle"
-            return
-        self.state = "closing"
-        try:
-            self._close()
-        except BaseException as exc:
-            self._failed(exc)
-        if not router.closed:
-            router.send_stop_signal()
-        if self.error is None:
-            self.state = "finished"
-        self._exit()
-
-    def _discard(self, items: list[Any]) -> None:
-        """After a failure: count the data as discarded; end once every stop signal came."""
-        for msg in items:
-            if msg.__class__ is StopSignal:
-                self._on_stop(msg, self._expected, self._seen)
-            else:
-                self.discarded += 1
-        if not self._expected and not self._exited:
-            if not self.router.closed:
-                self.router.send_stop_signal()
-            self._exit()
-
-    def lean_next(self) -> BaseTask | None:
-        """The task chained to this one when it takes plain items (:meth:`take`): a map,
-        filter or sink, with micro-batching on (``batch_size=1`` keeps packets everywhere)."""
-        t = self.chain_next
-        if t is None or not self.router.batching or t.ctx.kind not in ("map", "filter", "sink"):
-            return None
-        return t
-
-    def emit(self, items: list[Any]) -> None:
-        """Send plain items on: straight into the task chained to this one (:meth:`take`,
-        no packet made), else as fresh packets through the router."""
-        t = self.lean_next()
-        if t is None:
-            self.router.send_many(Packet.fresh_many(items), True, True)
-            return
-        self.chain_conn.packets_sent += len(items)  # type: ignore[union-attr]
-        self.router.skip_traced(len(items))  # routing decisions not recorded
-        start = time.perf_counter()
-        try:
-            t.take(items)
-        finally:
-            self.chained_time += time.perf_counter() - start
-
-    def take(self, items: list[Any]) -> None:
-        """:meth:`feed` for plain items (payloads): a chained map, filter or sink, each item
-        through the user function in one C-level loop that a cancel cuts short."""
-        fn, kind = self._lean_fn, self.ctx.kind
-        if self.error is not None or self._process is None:  # failed: discard
-            self.discarded += len(items)
-            return
-        router, perf = self.router, time.perf_counter
-        start, blocked, inner = perf(), router.blocked_time, self.chained_time
-        self.state = "busy"
-        done: list[Any] = []  # fn's result for each item, as far as it went
-        try:
-            if kind == "sink" and fn is None:  # a collecting sink
-                self.results.extend(items)  # type: ignore[union-attr]
-                done = items
-            else:
-                self._apply(fn, items, done)
-        except (Cancelled, QueueShutDown):
-            self.packets_in += len(done)
-            self._leftover = items[len(done):]
-            raise
-        except BaseException as exc:
-            i = len(done)
-            self.packets_in += i
-            self.current = items[i]
-            out = self._outputs(kind, items, done)
-            if out:  # what was processed before goes on, as packet by packet
-                with contextlib.suppress(Cancelled, QueueShutDown):
-                    self.emit(out)
-            self._failed(exc)
-            self.discarded += len(items) - i - 1
-            return
-        finally:
-            self.busy_time += perf() - start - (router.blocked_time - blocked) - (self.chained_time - inner)
-        self.packets_in += len(items)
-        self.last = items[-5:]
-        out = self._outputs(kind, items, done)
-        if out:
-            self.emit(out)
-        self.state = "idle"
-
-    def _apply(self, fn: Callable[..., Any], items: list[Any], done: list[Any],
-               between: Callable[[], None] | None = None) -> None:
-        """Append ``fn(x)`` for each of ``items`` to ``done`` (as far as it went when ``fn``
-        raises), in C-level ``map`` calls over slices sized to take about ``SLICE_TIME`` at the
-        speed measured so far; a cancel is seen, and ``between()`` called, between slices. The
-        first slice is one item, so a slow function is called item by item and a cancel never
-        waits long. While ``fn`` runs, the item it is on is ``_at_end - 1 -`` what ``_at_item``
-        has left."""
-        control, perf, i, n = self.control, time.perf_counter, 0, len(items)
-        k = self._slice
-        while i < n:
-            if control.cancelled:
-                raise Cancelled(f"{self.ctx.name}: job stopping")
-            start = perf()
-            part = items if not i and k >= n else items[i:i + k]
-            self._at_end, self._at_item = i + len(part), iter(part)
-            done.extend(map(fn, self._at_item))
-            took = perf() - start
-            i += k
-            # next slice: about SLICE_TIME of work, growing at most 8-fold at a time
-            k = max(1, min(8 * k, BATCH_MAX, int(k * SLICE_TIME / took) if took > 0 else BATCH_MAX))
-            if between is not None and i < n:
-                between()
-        self._slice, self._at_item = k, _DONE  # (no slice kept alive)
-
-    @staticmethod
-    def _outputs(kind: str, items: list[Any], done: list[Any]) -> list[Any]:
-        """What a map (its results), a filter (the items it kept) or a sink (nothing) emits."""
-        if kind == "map":
-            return done
-        if kind == "filter":
-            return list(compress(items, done))
-        return []
 
     def _hand_over(self, idle: bool) -> None:
         """Ship what this task and the ones chained to it routed: every buffer when ``idle``
@@ -468,142 +254,6 @@ class BaseTask:
             raise Cancelled(f"{self.ctx.name}: job stopping")
         self.state = previous
 
-    # ------------------------------------------------------------------ sources
-    def _source_items(self, fn: Any) -> Iterator[Any]:
-        """This instance's items: its own (a class instance, a stride of a sequence) or a share."""
-        ctx = self.ctx
-        if self.attrs.get("queue_descriptor") is not None:  # from_queue: read until END
-            return _queue_items(ctx.input_qd.queue_instance)  # type: ignore[union-attr]
-        if self._per_instance:  # one object per instance: the user splits
-            return iter(fn) if hasattr(fn, "__iter__") else _calls(fn)
-        if fn is None:  # from_iterable
-            items = self.attrs["items"]
-            if ctx.parallelism > 1 and isinstance(items, Sequence):
-                return iter(items[ctx.parallel_index::ctx.parallelism])
-            make: Callable[[], Iterator[Any]] = lambda: iter(items)  # noqa: E731
-        elif _is_generator_function(fn):
-            make = lambda: iter(fn())  # noqa: E731
-        else:
-            make = lambda: _calls(fn)  # noqa: E731
-        if ctx.parallelism == 1:
-            return make()
-        with self.control.lock:
-            shared = self.control.sources.setdefault(ctx.operator, _Shared(make))
-        return iter(shared)
-
-    def _run_source(self, fn: Any) -> None:
-        control, router = self.control, self.router
-        send = router.send
-        fresh = Packet.fresh
-        self.state = "busy"
-        chained = self.chain_next is not None and router.batching
-        items = self._source_items(fn)
-        if router.routes_in_bulk() and type(items) in _IN_MEMORY:
-            self._run_chunks(items)  # items already in memory: no user code runs between them
-            return
-        # items kept as payloads, to travel as bundles (not under breakpoints: packets one by one)
-        gather = router.gatherer() if router.gathers() and not chained else None
-        slices = router.slice_gatherer() if gather is not None else None
-        perf, cpu = time.perf_counter, time.thread_time
-        left, start, used = TIMED_RUN, perf(), cpu()
-        for item in items:
-            if control.stopping:
-                if control.cancel.is_set():
-                    raise Cancelled(f"{self.ctx.name}: job stopping")
-                break
-            if control.paused:
-                self._wait_paused()
-            self.current = item
-            if gather is None:
-                send(fresh(item))
-            elif router.watch is None:
-                gather(item)
-            else:  # a breakpoint was set: what was kept goes first, then packet by packet
-                router.flush()
-                gather = slices = None
-                send(fresh(item))
-            self.packets_in += 1
-            if chained:  # the chained operator runs now: the source may wait for its next item
-                self._hand_over(idle=False)
-            if slices is not None:
-                left -= 1
-                if not left:  # a source whose code kept the CPU busy goes on a slice at a time
-                    took, busy = perf() - start, cpu() - used
-                    if busy >= took / 2 and self._gather_slices(items, slices, _slice(TIMED_RUN, took)):
-                        break
-                    left, start, used = TIMED_RUN, perf(), cpu()
-        self.current = None
-
-    def _gather_slices(self, items: Iterator[Any], slices: Any, k: int) -> bool:
-        """Keep a source's items a slice at a time (the router's ``slice_gatherer``: no Python
-        code of ours per item), ``k`` first, then about ``GATHER_TIME`` of the source's code each
-        at the speed measured so far; pause, stop and breakpoints are seen between slices, and a
-        reader waiting for input gets what was kept at the end of a slice. Returns True at the
-        end of the items (or on stop); False when the source's code waited during a slice (for
-        input, or for its own packets downstream, which must then go at once: it goes on item by
-        item) and when a breakpoint was set (what was kept is routed first)."""
-        router, control, perf, cpu = self.router, self.control, time.perf_counter, time.thread_time
-        take, due = slices
-        kept = router.gathered
-        while k > 1:
-            if control.paused:
-                self._wait_paused()
-            if control.stopping:
-                if control.cancel.is_set():
-                    raise Cancelled(f"{self.ctx.name}: job stopping")
-                return True
-            if router.watch is not None:
-                return False
-            before = router.kept_count()
-            start, used = perf(), cpu()
-            try:
-                asked = take(items, k)
-                took, busy = perf() - start, cpu() - used
-            finally:
-                n = router.kept_count() - before
-                self.packets_in += n
-                failed, router.gather_failed = router.gather_failed, ()
-                last = kept[-1:]  # (the flusher may have routed them all)
-                if failed or last:
-                    self.current = failed[0] if failed else last[0]
-            due()
-            if n < asked:  # the items ended
-                return True
-            if busy < took / 2:
-                return False
-            k = _slice(asked, took)
-        return False
-
-    def _run_chunks(self, items: Iterator[Any]) -> None:
-        """Route an in-memory sequence a chunk at a time (item by item under breakpoints)."""
-        control, router, fresh_many = self.control, self.router, Packet.fresh_many
-        lean = self.lean_next() is not None  # plain items straight into the chained operator
-        size = router.batch_size if lean else SOURCE_CHUNK  # a chained operator takes a whole batch
-        while True:
-            if control.paused:  # first: breakpoints may be set meanwhile
-                self._wait_paused()
-            if control.stopping:
-                if control.cancel.is_set():
-                    raise Cancelled(f"{self.ctx.name}: job stopping")
-                break
-            bundles = not lean and router.bundles()
-            # a bundle is split between the instances downstream: each share about a batch
-            chunk = list(islice(items, 1 if router.watch is not None else
-                                router.batch_size * router.fan_out if bundles else size))
-            if not chunk:
-                break
-            self.current = chunk[-1]
-            if lean:
-                self.packets_in += len(chunk)
-                self.emit(chunk)
-                continue
-            if bundles:  # no packet object: the chunk travels as one entry per queue
-                self._route(Bundle.fresh(chunk))
-            else:
-                router.send_many(fresh_many(chunk), True, True)
-            self.packets_in += len(chunk)
-        self.current = None
-
     # ------------------------------------------------------------------ operators
     def _make_process(self, fn: Any) -> Callable[[Packet], None]:
         kind, send = self.ctx.kind, self.router.send
@@ -644,13 +294,13 @@ class BaseTask:
             raise ValueError(f"unknown kind {kind!r}")
         if not self.ctx.keyed_input:
             return process
-        inner, ctx, counts = process, self.ctx, self.key_counts
+        inner, ctx, counts, cap = process, self.ctx, self.key_counts, self.key_cap
 
         def keyed(p: Packet) -> None:
             key = ctx._key = p.partition_key
             if key in counts:
                 counts[key] += 1
-            elif len(counts) < KEY_CAP:
+            elif len(counts) < cap:
                 counts[key] = 1
             inner(p)
         return keyed
@@ -734,7 +384,8 @@ class BaseTask:
         ``send_many``; None for the other kinds (they go packet by packet)."""
         if kind not in ("map", "filter", "sink"):
             return None
-        ctx, counts, send_many, control = self.ctx, self.key_counts, self.router.send_many, self.control
+        ctx, counts, cap, control = self.ctx, self.key_counts, self.key_cap, self.control
+        send_many = self.router.send_many
         keyed = ctx.keyed_input
         clean = not keyed and set(ctx.upstreams) == {0}  # outputs: no key, for input 0
         collect = self.results.extend if kind == "sink" and fn is None else None  # type: ignore[union-attr]
@@ -756,7 +407,7 @@ class BaseTask:
                             key = ctx._key = p.partition_key
                             if key in counts:
                                 counts[key] += 1
-                            elif len(counts) < KEY_CAP:
+                            elif len(counts) < cap:
                                 counts[key] = 1
                         if kind == "map":
                             p.payload = fn(p.payload)
@@ -784,268 +435,6 @@ class BaseTask:
                 send_many(out, True, clean)
         return run
 
-    def _apply_counting(self, fn: Callable[..., Any] | None, items: list[Any], done: list[Any],
-                        keys: list[Any], between: Callable[[], None] | None = None) -> None:
-        """``_apply(fn, items, done)`` (a collecting sink's extend when ``fn`` is None) for the
-        packets of a bundle with their ``keys``. ``ctx.current_key`` finds the key of the packet
-        ``fn`` is on from ``_apply``'s position (nothing per packet); then the keys of the
-        packets processed (and of the one ``fn`` failed on) are counted as one by one, by C-level
-        passes, and ``ctx.current_key`` is the last one's."""
-        k, ctx = len(items), self.ctx
-        try:
-            if fn is None:
-                self.results.extend(items)  # type: ignore[union-attr]
-            else:
-                self._keys_now, ctx._key_at = keys, self._key_at
-                self._apply(fn, items, done, between)
-        except Cancelled:
-            k = len(done)
-            raise
-        except BaseException:
-            k = len(done) + (not self._routing)  # (the packet it failed on is counted, as one by one)
-            raise
-        finally:
-            self._keys_now, ctx._key_at = [], None
-            self._count_keys(keys if k == len(keys) else keys[:k])
-
-    def _key_at(self) -> Any:
-        """The key of the packet the user function is on (``ctx.current_key`` in a bundle)."""
-        return self._keys_now[self._at_end - 1 - self._at_item.__length_hint__()]
-
-    def _count_keys(self, keys: list[Any]) -> None:
-        """Count ``keys`` in ``key_counts`` as one by one: the first ``KEY_CAP`` distinct keys
-        seen are counted, later new ones are not."""
-        counts = self.key_counts
-        if len(counts) < KEY_CAP:
-            counts.update(keys)
-            if len(counts) > KEY_CAP:  # the newest keys come last (insertion order)
-                for key in list(islice(counts, KEY_CAP, None)):
-                    del counts[key]
-        else:
-            counts.update(filter(counts.__contains__, keys))
-        if keys:
-            self.ctx._key = keys[-1]
-
-    def _take_bundles(self, batch: list[Bundle]) -> None:
-        """Bundles (and stop signals, in their order) through a map, filter or sink: the user
-        function over each bundle's payloads (:meth:`_apply`), the results on as a bundle with
-        the same trace ids; a flat_map's by :meth:`_take_flat`. When it raises, ``current`` is
-        the packet it was on and ``_leftover`` what remains (``_at`` is -1)."""
-        kind, fn, keyed = self.ctx.kind, self._lean_fn, self._keyed
-        for i, b in enumerate(batch):
-            if b.__class__ is StopSignal:
-                self._on_stop(b, self._expected, self._seen)
-                continue
-            items, done = b.payloads, []
-            if not self._expected:
-                self._at, self._leftover = -1, batch[i:]
-                raise ProtocolError(f"{self.ctx.name}: received data after the end of stream of "
-                                    f"every input ({len(self._seen)} stop signals)")
-            if kind == "flat_map":
-                self._take_flat(b, batch[i + 1:])
-                continue
-            sent = [0]  # results sent on so far
-            pend = None if kind == "sink" else [time.perf_counter(), partial(self._send_results, b, done, sent)]
-            between = None if pend is None else partial(self._results_due, True, pend)
-            self._hold(pend)
-            try:
-                if keyed:  # key counts, and the key user code may read
-                    self._apply_counting(fn, items, done, [None] * len(items) if b.keys is None else b.keys,
-                                         between)
-                elif kind == "sink" and fn is None:  # a collecting sink
-                    self.results.extend(items)  # type: ignore[union-attr]
-                else:
-                    self._apply(fn, items, done, between)
-            except BaseException as exc:
-                self._hold(None)
-                k, s, routing = len(done), sent[0], self._routing
-                self._at, self.packets_in, self._routing = -1, self.packets_in + k, False
-                if routing:  # sending results on failed (a key function raised: current names it; a cancel)
-                    self._leftover = [b.pick(slice(k, None)), *batch[i + 1:]] if k < len(b) else batch[i + 1:]
-                    raise
-                self.current = b.packet(k) if k < len(b) else None
-                self._leftover = [b.pick(slice(k if isinstance(exc, Cancelled) else k + 1, None)),
-                                  *batch[i + 1:]]
-                if k > s and kind != "sink":  # what was processed before goes on
-                    with contextlib.suppress(Cancelled, QueueShutDown):
-                        self._send_bundle(b.pick(slice(s, k)), done[s:])
-                raise
-            self._hold(None)
-            self.packets_in += len(items)
-            self.last = items[-5:]
-            if kind != "sink" and sent[0] < len(items):
-                self.current = None
-                try:
-                    s = sent[0]
-                    self._send_bundle(b.pick(slice(s, None)) if s else b, done[s:] if s else done)
-                except BaseException:  # routing failed (a key function raised: current names it; a cancel)
-                    self._at, self._leftover = -1, batch[i + 1:]
-                    raise
-
-    def _hold(self, pend: list[Any] | None) -> bool:
-        """Tell the job's flusher what the bundle in hand produced so far (``pend``: ``[since,
-        send]``, see :meth:`_results_due`), or that it is done with (None: once the flusher is
-        not sending). Whether the flusher looks after ``pend``: not without one (Ray), nor for a
-        chained task (its results run the chained operators' code, in its own thread)."""
-        if pend is None:
-            if self._pending is not None:
-                with self._results_lock:
-                    self._pending = None
-            return False
-        if self.poke is None or self.chain_next is not None:
-            return False
-        self._pending = pend
-        self.poke()
-        return True
-
-    def _results_due(self, block: bool, pend: list[Any] | None = None) -> bool:
-        """Send on what the bundle in hand produced and did not send yet, once it waited
-        ``linger``: from the task between two slices of user code (``pend``), and from the
-        job's flusher while user code runs (``block=False``: it never waits for the lock or for
-        room in a queue; False when it gave up). So slow user code holds no result back longer
-        than a batch would wait."""
-        lock = self._results_lock
-        if not lock.acquire(block):
-            return False
-        try:
-            pend = pend or self._pending
-            if pend is None or time.perf_counter() - pend[0] < self.linger:
-                return True
-            if block:
-                self._routing = True  # (a failure now is the routing's, not the user function's)
-            sent = pend[1](block)
-            self._routing = False
-            if sent:
-                pend[0] = time.perf_counter()
-            return sent
-        finally:
-            lock.release()
-
-    def _send_results(self, b: Bundle, done: list[Any], sent: list[int], block: bool) -> bool:
-        """Send on the results of ``b`` made so far (``done`` from ``sent[0]`` on)."""
-        s, k = sent[0], len(done)  # (user code may append meanwhile: a prefix is taken)
-        if k > s:
-            if not block and not self.router.takes(k - s):
-                return False
-            sent[0] = k  # (first: what failed to go on is not sent again)
-            self._send_bundle(b.pick(slice(s, k)), done[s:k])
-        return True
-
-    def _take_flat(self, b: Bundle, rest: list[Bundle]) -> None:
-        """A bundle through a flat_map: the items each packet's function call returns go on
-        with its trace id, in bundles of about a batch for each instance downstream, and once
-        they waited ``linger`` (the job's flusher sends what the calls that ended gave while a
-        call runs); an iterator is read a batch at a time and what it gave goes on meanwhile,
-        so a call that yields many items (a file's lines) streams with backpressure as one by
-        one. When the function raises, what its call gave before goes on, ``current`` is its
-        packet and ``_leftover`` what remains (``_at`` is -1)."""
-        fn, ctx, control, seqs, n = self._lean_fn, self.ctx, self.control, b.seqs, len(b)
-        limit, linger, perf = max(1, self.router.batch_size * self.router.fan_out), self.linger, time.perf_counter
-        keys = ([None] * n if b.keys is None else b.keys) if self._keyed else None
-        out: list[Any] = []  # items gathered; the first `shipped[0]` of them went on already
-        ids: list[int] = []  # the trace ids of the first of them: those of the calls that ended
-        lock, j, shipped = self._results_lock, 0, [0]
-
-        def send(block: bool) -> bool:  # what has its ids goes on (the flusher: if there is room)
-            s, k = shipped[0], len(ids)
-            if k > s:
-                if not block and not self.router.takes(k - s):
-                    return False
-                shipped[0] = k  # (first: what failed to go on is not sent again)
-                self._send_bundle(Bundle(out[s:k], ids[s:k], b.created))
-            return True
-
-        def ship() -> None:  # everything gathered goes on now (the running call's items: its id)
-            with lock:
-                ids.extend(repeat(seqs[j], len(out) - len(ids)))
-                self._routing = True
-                send(True)
-                self._routing = False
-                out.clear()
-                ids.clear()
-                shipped[0], pend[0] = 0, perf()
-
-        pend = [perf(), send]
-        timed = not self._hold(pend)  # no flusher looks after them: the time is checked here
-        self.current, taken = None, n  # taken: the packets processed, and the one it failed on
-        try:
-            for j, x in enumerate(b.payloads):
-                if control.cancelled:
-                    raise Cancelled(f"{ctx.name}: job stopping")
-                if keys is not None:
-                    ctx._key = keys[j]
-                r = fn(x)
-                if r.__class__ is list or r.__class__ is tuple:
-                    out.extend(r)
-                else:  # an iterator: a batch at a time
-                    it = iter(r)
-                    out.extend(islice(it, max(1, limit - len(out) + shipped[0])))
-                    while len(out) - shipped[0] >= limit:
-                        ship()
-                        out.extend(islice(it, limit))
-                ids.extend(repeat(seqs[j], len(out) - len(ids)))  # (the flusher changes no length)
-                if len(out) - shipped[0] >= limit or (timed and out and perf() - pend[0] >= linger):
-                    ship()  # a batch, or slow code
-                elif shipped[0] >= limit:  # the flusher sent that much: its part leaves the lists
-                    with lock:
-                        del out[:shipped[0]]
-                        del ids[:shipped[0]]
-                        shipped[0] = 0
-            self._hold(None)
-            if len(out) > shipped[0]:
-                ship()
-        except BaseException as exc:
-            self._hold(None)
-            self._at, routing, self._routing = -1, self._routing, False
-            if routing:  # a key function raised (current names its packet), or a cancel: j was processed
-                taken = done = min(n, j + 1)
-            else:
-                taken = j + (not isinstance(exc, Cancelled))
-                done = j
-                self.current = b.packet(j)
-            self.packets_in += done
-            self._leftover = [b.pick(slice(taken, None)), *rest] if taken < n else rest
-            if len(out) > shipped[0] and not routing:  # what was processed before goes on, as one by one
-                with contextlib.suppress(Cancelled, QueueShutDown):
-                    ship()
-            raise
-        finally:
-            if keys is not None:
-                self._count_keys(keys if taken == n else keys[:taken])
-        self.packets_in += n
-        self.last = b.payloads[-5:]
-
-    def _send_bundle(self, b: Bundle, done: list[Any] | None = None) -> None:
-        """Send a map's results (``done``), a filter's kept packets of ``b`` or (``done`` None)
-        ``b`` itself on."""
-        out = b if done is None else b.with_payloads(done) if self.ctx.kind == "map" else b.keep(done)
-        if not out:
-            return
-        if self.chain_next is not None:  # this task heads a chain: plain items into it
-            self.emit(out.payloads)
-        else:
-            self._route(out)
-
-    def _route(self, b: Bundle) -> None:
-        """``router.send_bundle(b)``. On a ``key_by`` edge the keys are computed first: when the
-        key function raises on packet k, the packets before it go on, as they would one by one,
-        and ``current`` names packet k."""
-        key = self.router.bundle_key()
-        if key is not None:
-            keys: list[Any] = []
-            try:
-                keys.extend(map(key, b.payloads))  # (extend keeps the keys made before an error)
-            except BaseException:
-                k = len(keys)
-                self.current = b.packet(k)
-                if k:
-                    head = b.pick(slice(0, k))
-                    head.keys = keys
-                    self.router.send_bundle(head)
-                raise
-            b.keys = keys
-        self.router.send_bundle(b)
-
     def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None:
         key = (sig.sender, sig.input_index)
         if key in expected:
@@ -1071,9 +460,6 @@ class BaseTask:
         return tuple(f"{p!r:.80}" for p in islice(self.last, 5))
 
 
-_BUNDLES = {Bundle, StopSignal}  # what a batch the bundle path takes is made of
-
-
 def _count(msgs: list[Any]) -> int:
     """The packets among ``msgs`` (a Bundle counts its packets, a stop signal none)."""
     return sum(len(m) if m.__class__ is Bundle else m.__class__ is not StopSignal for m in msgs)
@@ -1086,9 +472,3 @@ def _wants_instance(cls: type, kind: str) -> bool:
         return True
     names = ("__iter__", "__next__", "__call__") if kind == "source" else ("__call__", "execute")
     return any(n in vars(k) for k in cls.__mro__ if k is not object for n in names)
-
-
-def _is_generator_function(fn: Any) -> bool:
-    """A generator function, or an object whose ``__call__`` is one."""
-    call = inspect.getattr_static(type(fn), "__call__", None)
-    return inspect.isgeneratorfunction(fn) or inspect.isgeneratorfunction(call)
