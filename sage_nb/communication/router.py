@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from ..errors import Cancelled, DeliveryError, ProtocolError
 from .connection import Connection
+from .gathering import Gatherer
 from .local_queue import QueueShutDown
 from .packet import Packet, StopSignal
 from .partition import partition, stable_hash
@@ -96,7 +97,7 @@ class Tracer(Protocol):
     def record(self, decision: RoutingDecision) -> None: ...
 
 
-class BaseRouter(Shipper):
+class BaseRouter(Shipper, Gatherer):
     """Routes the packets of one upstream instance (``name``) over its broadcast groups.
 
     >>> from sage_nb.communication import PythonQueueDescriptor
