@@ -30,6 +30,7 @@ test-fast: $(VENV)/.dev       ## unit tests and doctests only
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check sage_nb tests benchmarks
+	$(BIN)/mypy
 
 $(VENV)/.bench: pyproject.toml | $(VENV)/.dev
 	$(PIP) install -e '.[dev,bench]'

@@ -207,14 +207,16 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
                 conns = tuple(Connection(b, j, t, inputs[t], e.get("input_index", 0), inst, chained=forward)
                               for j, t in targets)
                 groups.append(BroadcastGroup(b, v, e.get("strategy", "round_robin"), conns, e.get("key")))
-            ups = upstreams if fed_by is None else {k: (names[fed_by][i],) for k in upstreams}
+            ups: dict[int, tuple[str, ...]] = \
+                upstreams if fed_by is None else {k: (names[fed_by][i],) for k in upstreams}
             contexts[inst] = TaskContext(
                 job_id=job_id, name=inst, operator=op, kind=d["kind"], parallel_index=i,
                 parallelism=len(names[op]), input_qd=inputs.get(inst), groups=tuple(groups),
                 upstreams=ups, chained_from=None if fed_by is None else names[fed_by][i],
                 keyed_input=any(e.get("strategy") == "hash" for _, _, e in in_edges),
                 response_qd=responses.get(inst),
-                service_qds={s: None for s in service_specs}, service_timeout=service_timeout)
+                service_qds={s: None for s in service_specs},  # type: ignore[misc]  # (set below)
+                service_timeout=service_timeout)
             phys.add_node(inst, operator=op, kind=d["kind"], parallel_index=i, ctx=contexts[inst])
     for inst, ctx in contexts.items():
         for g in ctx.downstream_groups:
@@ -227,7 +229,8 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
                                      response_qds=responses, workers=spec.workers)
     for ctx in contexts.values():
         ctx.service_qds = {s: services[s].request_qd for s in service_specs}
-    options = {"queue_maxsize": queue_maxsize, "service_timeout": service_timeout, "chain": chain}
+    options: dict[str, Any] = {"queue_maxsize": queue_maxsize, "service_timeout": service_timeout,
+                               "chain": chain}
     if chained:
         options["chained"] = sorted(f"{u}->{v}" for u, v in chained)
     return ExecutionGraph(job_id, pipeline, logical, phys, contexts, services, options)

@@ -329,20 +329,23 @@ class _Operators:
     def _then(self, kind: str, fn: Any, name: str | None, parallelism: int) -> Stream:
         raise NotImplementedError
 
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int = 1) -> Stream:
+    # (a ``type`` too: a user function class is instantiated once per parallel instance)
+    def map(self, fn: Callable[[Any], Any] | type, *, name: str | None = None,
+            parallelism: int = 1) -> Stream:
         """Apply ``fn`` to every item (its result, even None, is forwarded)."""
         return self._then("map", fn, name, parallelism)
 
-    def flat_map(self, fn: Callable[[Any], Iterable[Any]], *, name: str | None = None,
+    def flat_map(self, fn: Callable[[Any], Iterable[Any]] | type, *, name: str | None = None,
                  parallelism: int = 1) -> Stream:
         """Apply ``fn`` and forward every item of the iterable it returns."""
         return self._then("flat_map", fn, name, parallelism)
 
-    def filter(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int = 1) -> Stream:
+    def filter(self, fn: Callable[[Any], Any] | type, *, name: str | None = None,
+               parallelism: int = 1) -> Stream:
         """Forward the items for which ``fn`` is truthy."""
         return self._then("filter", fn, name, parallelism)
 
-    def sink(self, fn: Callable[[Any], Any] | None = None, *, name: str | None = None,
+    def sink(self, fn: Callable[[Any], Any] | type | None = None, *, name: str | None = None,
              parallelism: int = 1) -> Stream:
         """End the stream: collect items (``job.results(name)``) or call ``fn`` on each."""
         return self._then("sink", fn, name if name or fn else "sink", parallelism)

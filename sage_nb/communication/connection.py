@@ -34,6 +34,13 @@ class Connection:
     (True, 0.0)
     """
 
+    # set on its connections by the Ray backend's BatchingRouter (runtime/ray_router.py)
+    buffer: list[Any]
+    units: int
+    inflight: Any
+    ray: bool
+    batched: bool
+
     def __init__(self, broadcast_index: int, parallel_index: int, target_name: str,
                  queue_descriptor: BaseQueueDescriptor, target_input_index: int = 0,
                  source_name: str = "", chained: bool = False) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from itertools import islice
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .packet import Bundle
 from .partition import partition
@@ -41,8 +41,11 @@ class Gatherer:
     gather_taken: int
     gather_failed: tuple[Any, ...]
     slicing: bool
-    bundles: Callable[[], bool]
-    send_bundle: Callable[[Bundle], int]
+
+    if TYPE_CHECKING:  # the router's methods (Shipper)
+        def bundles(self) -> bool: ...
+
+        def send_bundle(self, b: Bundle) -> int: ...
 
     def gathers(self) -> bool:
         """Whether a generator source may hand its items over as plain payloads
@@ -67,7 +70,7 @@ class Gatherer:
         and routes it after ``linger`` (``slicing`` tells it to look). ``due()`` then routes what
         was kept if there is a batch for each instance or a reader waits. Items taken are counted
         by :meth:`kept_count`; on a ``key_by`` edge an item whose key fails is ``gather_failed``."""
-        return self._gathering()[1:]  # type: ignore[return-value]
+        return self._gathering()[1:]
 
     def kept_count(self) -> int:
         """Items a source has kept so far, routed or not (consistent with the flusher's routing)."""
@@ -141,13 +144,13 @@ class Gatherer:
             if not n:
                 return True
             g = self._lane
-            if not block and not all(_takes(c.queue, n) for c in g.connections):  # type: ignore[union-attr]
+            if not block and not all(_takes(c.queue, n) for c in g.connections):
                 return False
             b = Bundle.fresh(kept[:n])
             del kept[:n]
             self.gather_taken += n
             b.created, self.gathered_at = self.gathered_at, _monotonic()  # (what is kept now came since)
-            if g.key is not None:  # type: ignore[union-attr]
+            if g.key is not None:
                 keys = self.gathered_keys
                 b.keys = keys[:n]
                 del keys[:n]

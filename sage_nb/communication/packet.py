@@ -70,6 +70,7 @@ class Packet:
     @classmethod
     def fresh_many(cls, payloads: list[Any]) -> list[Packet]:
         """``[Packet.fresh(x) for x in payloads]`` in one loop, created at the same instant."""
+        out: list[Packet]  # (a declaration only)
         now, new, out = _monotonic(), _new, []
         append = out.append
         for x in payloads:
@@ -166,6 +167,7 @@ class Picked(Sequence[int]):
     """
 
     __slots__ = ("_items", "_n", "_seqs", "_where")
+    _items: list[int] | None  # (a declaration only: the slot)
 
     def __init__(self, seqs: Sequence[int], where: bytes | slice, n: int) -> None:
         self._seqs, self._where, self._n, self._items = seqs, where, n, None
@@ -261,6 +263,7 @@ class Bundle:
 
     def packets(self) -> list[Packet]:
         """Every packet as an object, in order."""
+        out: list[Packet]  # (a declaration only)
         new, out, created, index = _new, [], self.created, self.input_index
         append = out.append
         strategy = None if self.keys is None else "hash"

@@ -68,6 +68,10 @@ class RPCQueueDescriptor(BaseQueueDescriptor):
     """A queue on an :class:`RPCQueueServer`, reached over authenticated TCP (``queue.Queue`` semantics)."""
 
     queue_type = "rpc_queue"
+    host: str               # (set, checked, from _schema in __init__)
+    port: int
+    maxsize: int
+    connect_timeout: float
     _schema = {"host": _check_host, "port": int_field(1, 65535), "maxsize": int_field(1, MAX_QUEUE_SIZE),
                "connect_timeout": _check_timeout}
 
@@ -178,7 +182,7 @@ class RPCQueueProxy:
             if reply.get("err") == "full" and not _more_time(deadline):
                 exc = queue.Full(f"RPC queue {self.queue_id!r} at {self.where} stayed full; "
                                  f"{sent} of {len(blobs)} items were put")
-                exc.accepted = sent
+                exc.accepted = sent  # type: ignore[attr-defined]
                 raise exc
 
     def get_many(self, max_items: int, block: bool = True, timeout: float | None = None) -> list:
@@ -212,7 +216,7 @@ class RPCQueueProxy:
 
     def full(self) -> bool:
         s = self.statistics()
-        return s.used >= s.capacity
+        return s.used >= s.capacity  # type: ignore[operator]  # (server queues are bounded)
 
     def close(self) -> None:
         """Close idle connections; later calls raise QueueShutDown."""
@@ -328,6 +332,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         host, port = server.address
         print(f"sage-nb queue-server: serving RPC queues on {host}:{port}", flush=True)
         if not raw:
+            assert server.secret is not None  # (generated on loopback; start() refuses otherwise)
             print(f"export {args.secret_env}={server.secret.decode()}", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:

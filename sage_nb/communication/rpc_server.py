@@ -145,6 +145,7 @@ def _take(q: LocalQueue, max_items: int, budget: int, block: bool, wait: float,
         if not wanted():
             q.not_empty.notify()  # pass the wake-up on to a waiter that is still there
             raise EOFError("the client left while it waited")
+        items: list[bytes]
         items, size, pending = [], 0, q.queue
         while len(items) < max_items and pending and (not items or size + len(pending[0]) + 4 <= budget):
             items.append(q._get())  # the documented queue.Queue hook; it counts total_out
@@ -290,6 +291,7 @@ class RPCQueueServer:
 
     # ------------------------------------------------------------ connections
     def _accept_loop(self) -> None:
+        assert self._listener is not None  # (start() binds it before this thread starts)
         while True:
             try:
                 sock, _ = self._listener.accept()
@@ -308,6 +310,7 @@ class RPCQueueServer:
         from multiprocessing import AuthenticationError
         from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 
+        assert self._secret is not None  # (start() refuses to serve without one)
         conn = None
         try:
             set_io_timeout(sock, self.handshake_timeout)

@@ -32,7 +32,9 @@ from .packet import Bundle, Packet, Picked, StopSignal
 from .partition import partition
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .router import BroadcastGroup
+    from collections.abc import Callable, Sequence
+
+    from .router import BroadcastGroup, Tracer
 
 __all__ = ["Shipper", "capacity"]
 
@@ -59,6 +61,29 @@ class Shipper:
     tracer: Any
     batch_size: int
     fan_out: int
+    rr: list[int]
+    watch: Callable[[Connection, Packet], Callable[[], None] | None] | None
+    closed: bool
+    blocked: bool
+    blocked_time: float
+    poll_interval: float
+    put_timeout: float | None
+    gathered: list[Any]
+
+    if TYPE_CHECKING:  # the router's methods (BaseRouter)
+        def send(self, packet: Packet) -> int: ...
+
+        def _send_lane(self, g: BroadcastGroup, packet: Packet) -> int: ...
+
+        def _owner(self, key: Any, n: int) -> int: ...
+
+        def _still_waiting(self, conn: Connection, start: float) -> float: ...
+
+        def _trace(self, tr: Tracer, seq: int, g: BroadcastGroup, strategy: str, key: Any,
+                   targets: Sequence[Connection], before: int | None,
+                   payload: Any = None) -> None: ...
+
+        def route_gathered(self, block: bool = True) -> bool: ...
 
     def routes_in_bulk(self) -> bool:
         """Whether :meth:`send_many` moves unkeyed packets without a call per packet."""
@@ -170,7 +195,7 @@ class Shipper:
         for key, x, n in zip(keys, b.payloads, b.seqs, strict=True):
             t = type(key)
             if t is int or t is str:  # the common keys: their partition is remembered
-                i = get(key)
+                i = get(key)  # type: ignore[assignment]
                 if i is None:
                     i = owner(key, size)
             else:
@@ -240,7 +265,7 @@ class Shipper:
         appends = [c.batch.append for c in conns]
         inputs = [c.target_input_index for c in conns]
         for p in packets:
-            key = keyfn(p.payload)
+            key = keyfn(p.payload)  # type: ignore[misc]  # (a key-function group: g.key is set)
             t = type(key)
             if t is int or t is str:  # the common keys: their partition is remembered
                 i = owners.get(key)

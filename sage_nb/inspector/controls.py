@@ -23,6 +23,7 @@ from .view import Memo, error_view, graph_view, status_view
 if TYPE_CHECKING:  # pragma: no cover
     import threading
 
+    from ..communication.router import RoutingDecision
     from ..metrics import JobSnapshot
 
 __all__ = ["MAX_FRAMES", "StepControls"]
@@ -229,6 +230,7 @@ class StepControls:
         total = src.length
         shown = min(total, MAX_FRAMES)
         states = []
+        rows: dict[int, tuple[RoutingDecision, dict[str, Any]]]  # (a declaration only)
         memo, rows = Memo(), {}      # frames share what a step did not change: build it once
         for i in range(shown + 1):
             snap = src.snapshot_at(i)

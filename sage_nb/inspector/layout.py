@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 
@@ -106,7 +107,7 @@ def pack(ideals: Sequence[float], size: float) -> list[float]:
     >>> pack([0, 0, 100], 10)
     [-5.0, 5.0, 100.0]
     """
-    clusters: list[list[float]] = []          # [first index, count, centre]
+    clusters: list[list[Any]] = []            # [first index, count, centre]
     for i, y in enumerate(ideals):
         clusters.append([i, 1, float(y)])
         while len(clusters) > 1:
@@ -123,7 +124,7 @@ def pack(ideals: Sequence[float], size: float) -> list[float]:
     return out
 
 
-def _bands(cols: list[list[str]], instances: dict[str, Sequence[str]], view: str
+def _bands(cols: list[list[str]], instances: Mapping[str, Sequence[str]], view: str
            ) -> tuple[dict[str, tuple[int, float]], dict[str, tuple[int, float]], float]:
     """Column and top y of every node and group box (x is set once the gaps are known)."""
     grouped = view == "physical"

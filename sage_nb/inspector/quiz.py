@@ -66,8 +66,9 @@ def ask(plan: dict[str, Any], position: int, instance: str, *, payload: str | No
     members = [c["target"] for c in group["connections"]]
     if len(members) < 2:
         return None
-    edge = next((e for e in plan.get("edges", ()) if e.get("source") == inst.get("operator")
-                 and e.get("target") == op), {})
+    edge: dict[str, Any] = next(
+        (e for e in plan.get("edges", ()) if e.get("source") == inst.get("operator")
+         and e.get("target") == op), {})
     packet = f"packet #{seq} {payload}" if seq is not None else (payload or "")
     if inst.get("kind") == "source":
         action = f"emit {packet}" if packet else "emit its next item"

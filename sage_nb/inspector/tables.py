@@ -7,7 +7,7 @@ Nothing here touches a job, a thread or a widget; every function takes frozen sn
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,8 @@ def rates(old: Counters | None, new: Counters) -> Rates:
         return Rates({k: 0.0 for k in new.sent}, {k: 0.0 for k in new.received},
                      {k: 0.0 for k in new.busy}, {k: 0.0 for k in new.blocked}, average)
 
-    def per_second(a: dict[str, float], b: dict[str, Any], scale: float = 1.0) -> dict[str, float]:
+    def per_second(a: Mapping[str, float], b: Mapping[str, Any],
+                   scale: float = 1.0) -> dict[str, float]:
         return {k: max(0.0, (v - a.get(k, 0)) * scale / dt) for k, v in b.items()}
 
     return Rates(per_second(base.sent, new.sent), per_second(base.received, new.received),

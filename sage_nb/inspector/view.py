@@ -255,6 +255,7 @@ def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES, memo: Memo = NO_ME
     lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
                   tuple((e[0], e[1]) for _, e in edges_in), "logical")
     nodes = []
+    mine: list[Any]  # (a declaration only: an operator's tasks, then an edge's connections)
     for n, kind, inst in ops:
         mine = [tasks[i] for i in inst if i in tasks]
         nodes.append(memo.get(n, (*mine, lay.boxes[n], snap.error),

@@ -67,11 +67,14 @@ class BundlePath:
     _leftover: list[Any]
     _expected: set[tuple[str, int]]
     _seen: set[tuple[str, int]]
-    _on_stop: Callable[[StopSignal, set, set], None]
-    emit: Callable[[list[Any]], None]
+
+    if TYPE_CHECKING:  # the task's methods (BaseTask, ChainedTask)
+        def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None: ...
+
+        def emit(self, items: list[Any]) -> None: ...
 
     def _apply(self, fn: Callable[..., Any], items: list[Any], done: list[Any],
-               between: Callable[[], None] | None = None) -> None:
+               between: Callable[[], object] | None = None) -> None:
         """Append ``fn(x)`` for each of ``items`` to ``done`` (as far as it went when ``fn``
         raises), in C-level ``map`` calls over slices sized to take about ``SLICE_TIME`` at the
         speed measured so far; a cancel is seen, and ``between()`` called, between slices. The
@@ -105,7 +108,7 @@ class BundlePath:
         return []
 
     def _apply_counting(self, fn: Callable[..., Any] | None, items: list[Any], done: list[Any],
-                        keys: list[Any], between: Callable[[], None] | None = None) -> None:
+                        keys: list[Any], between: Callable[[], object] | None = None) -> None:
         """``_apply(fn, items, done)`` (a collecting sink's extend when ``fn`` is None) for the
         packets of a bundle with their ``keys``. ``ctx.current_key`` finds the key of the packet
         ``fn`` is on from ``_apply``'s position (nothing per packet); then the keys of the
@@ -130,7 +133,8 @@ class BundlePath:
 
     def _key_at(self) -> Any:
         """The key of the packet the user function is on (``ctx.current_key`` in a bundle)."""
-        return self._keys_now[self._at_end - 1 - self._at_item.__length_hint__()]
+        return self._keys_now[
+            self._at_end - 1 - self._at_item.__length_hint__()]  # type: ignore[attr-defined]
 
     def _count_keys(self, keys: list[Any]) -> None:
         """Count ``keys`` in ``key_counts`` as one by one: the first ``key_cap`` distinct keys
@@ -152,6 +156,7 @@ class BundlePath:
         the same trace ids; a flat_map's by :meth:`_take_flat`. When it raises, ``current`` is
         the packet it was on and ``_leftover`` what remains (``_at`` is -1)."""
         kind, fn, keyed = self.ctx.kind, self._lean_fn, self._keyed
+        done: list[Any]  # (a declaration only: set per bundle below)
         for i, b in enumerate(batch):
             if b.__class__ is StopSignal:
                 self._on_stop(b, self._expected, self._seen)
@@ -285,7 +290,7 @@ class BundlePath:
                 ids.clear()
                 shipped[0], pend[0] = 0, perf()
 
-        pend = [perf(), send]
+        pend: list[Any] = [perf(), send]
         timed = not self._hold(pend)  # no flusher looks after them: the time is checked here
         self.current, taken = None, n  # taken: the packets processed, and the one it failed on
         try:

@@ -92,6 +92,29 @@ class ChainedTask:
     _expected: set[tuple[str, int]]
     _seen: set[tuple[str, int]]
     _at: int
+    _exited: bool
+
+    if TYPE_CHECKING:  # the task's methods (BaseTask, BundlePath)
+        def _open(self) -> Any: ...
+
+        def _make_process(self, fn: Any) -> Callable[[Packet], None]: ...
+
+        def _failed(self, exc: BaseException) -> None: ...
+
+        def _handle(self, batch: list[Any], process: Callable[[Packet], None],
+                    types: set[type]) -> None: ...
+
+        def _close(self, quiet: bool = False) -> None: ...
+
+        def _exit(self, cancelled: bool = False) -> None: ...
+
+        def _on_stop(self, sig: StopSignal, expected: set, seen: set) -> None: ...
+
+        def _apply(self, fn: Callable[..., Any], items: list[Any], done: list[Any],
+                   between: Callable[[], object] | None = None) -> None: ...
+
+        @staticmethod
+        def _outputs(kind: str, items: list[Any], done: list[Any]) -> list[Any]: ...
 
     def _open_chained(self) -> None:
         """Open this chained instance (in its upstream's thread); a failure fails only it."""
@@ -166,7 +189,7 @@ class ChainedTask:
         if t is None:
             self.router.send_many(Packet.fresh_many(items), True, True)
             return
-        self.chain_conn.packets_sent += len(items)  # type: ignore[union-attr]
+        self.chain_conn.packets_sent += len(items)
         self.router.skip_traced(len(items))  # routing decisions not recorded
         start = time.perf_counter()
         try:

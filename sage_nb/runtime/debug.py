@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - loaded on first use: `import sage_nb` st
     from pathlib import Path
 
     from .breakpoints import Breakpoint, BreakpointHit, Breakpoints
+    from .job import Job
     from .recording import QueuedPacket, Recording, StepEvent
     from .step import StepRunner
 
@@ -44,8 +45,15 @@ class DebugControls:
     runner: Any
     plan: Any
     backend: str
-    job_id: str
     _bps: Breakpoints | None = None
+
+    if TYPE_CHECKING:  # the job's (Job)
+        @property
+        def job_id(self) -> str: ...
+
+        def stop(self, drain: bool = False, timeout: float | None = None) -> Job: ...
+
+        def _raise_if_failed(self) -> None: ...
 
     # ------------------------------------------------------------------ stepping (step backend)
     def step(self, n: int | None = None) -> StepEvent | list[StepEvent] | None:
@@ -128,9 +136,9 @@ class DebugControls:
                     raise TimeoutError(f"job {self.job_id!r} still running after {timeout} s; "
                                        f"call job.stop() to end it")
         except KeyboardInterrupt:
-            self.stop(drain=False)  # type: ignore[attr-defined]
+            self.stop(drain=False)
             raise
-        self._raise_if_failed()  # type: ignore[attr-defined]
+        self._raise_if_failed()
         return self
 
     # ------------------------------------------------------------------ breakpoints (threads, step)

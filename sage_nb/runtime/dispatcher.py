@@ -52,7 +52,8 @@ class Dispatcher:
             task.router.tracer, task.linger = self.trace, self.linger
             self.tasks[name] = task
         specs = plan.logical.graph.get("services", {})
-        self.services = {s: ServiceRunner(sctx, specs[s]) for s, sctx in plan.services.items()}
+        self.services: dict[str, ServiceRunner] = {
+            s: ServiceRunner(sctx, specs[s]) for s, sctx in plan.services.items()}
         self.backend = ThreadsBackend(plan.job_id)
         self.exception: BaseException | None = None
         self.error: ErrorInfo | None = None
@@ -187,7 +188,8 @@ class Dispatcher:
                 ctx.name, ctx.operator, ctx.parallel_index, ctx.kind,
                 "backpressured" if t.router.blocked else t.state, t.packets_in,
                 sum(c.packets_sent for c in t.router.connections), t.busy_time,
-                t.router.blocked_time, t.stops_received, ctx.stop_signal_num, stats.get(qid),
+                t.router.blocked_time, t.stops_received, ctx.stop_signal_num,
+                stats.get(qid),  # type: ignore[arg-type]  # (None: a source, no input queue)
                 qid, t.top_keys(), t.last_packets(),
                 None if t.error is None else f"{type(t.error).__name__}: {t.error}",
                 t.unprocessed()))

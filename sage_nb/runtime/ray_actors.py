@@ -174,7 +174,7 @@ class TaskActor:
         user code (a timer, not an event per packet: no GIL hand-off on the packets' path),
         results the user code made of a bundle it is still on included."""
         task = self.task
-        router = task.router  # type: ignore[union-attr]
+        router: BatchingRouter = task.router  # type: ignore[union-attr, assignment]  # (see _build)
         while self._running:
             time.sleep(IDLE_LINGER)
             try:
@@ -195,7 +195,7 @@ class TaskActor:
     def _flush_all(self, final: bool = False) -> None:
         """Called by the loop thread before it waits for input, and when it exits (``final``:
         then also wait until everything sent is stored)."""
-        router = self.task.router  # type: ignore[union-attr]
+        router: BatchingRouter = self.task.router  # type: ignore[union-attr, assignment]
         with router.lock:
             if router.error is not None:
                 raise router.error

@@ -88,7 +88,9 @@ class RayReadings:
             out.append(TaskSnapshot(
                 name, ctx.operator, ctx.parallel_index, ctx.kind, r["state"], r.get("packets_in", 0),
                 r.get("packets_out", 0), r.get("busy", 0.0), r.get("blocked", 0.0), r.get("stops", 0),
-                ctx.stop_signal_num, stats.get(qid), qid, tuple(map(tuple, r.get("top_keys", ()))),
+                ctx.stop_signal_num,
+                stats.get(qid),  # type: ignore[arg-type]  # (None: a source, no input queue)
+                qid, tuple(map(tuple, r.get("top_keys", ()))),
                 tuple(r.get("last", ())), r.get("error"), r.get("unprocessed", 0)))
         return tuple(out)
 

@@ -12,7 +12,7 @@ the actors beyond the sinks' results.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown
 from ..communication.ray_queue import SLICE, QueueLost, manager_name
@@ -53,7 +53,19 @@ class RayWatcher:
     _cancel_at: float | None
     _killing: bool
 
-    # and, from the dispatcher and RayReadings: _fail, _finalize, cancel, _get, actor_lost, manager_lost
+    if TYPE_CHECKING:  # from the dispatcher (RayDispatcher) and RayReadings
+        def _fail(self, info: dict[str, Any], exc: BaseException | None = None,
+                  cancel_now: bool = False) -> None: ...
+
+        def _finalize(self) -> None: ...
+
+        def cancel(self) -> None: ...
+
+        def _get(self, ref: Any, timeout: float = ...) -> Any: ...
+
+        def actor_lost(self, name: str, exc: BaseException) -> str: ...
+
+        def manager_lost(self) -> str: ...
 
     def _watch(self) -> None:
         import ray

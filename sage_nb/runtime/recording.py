@@ -235,8 +235,8 @@ def _load(data: dict[str, Any]) -> Recording:
              "logical_edges": tuple(tuple(e) for e in s["logical_edges"])}
     rec = Recording(shape, data["limit"])
     rec.truncated = bool(data["truncated"])
-    rec.events = [StepEvent(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
-                  for e in data["events"]]
+    rec.events = [StepEvent(**{k: tuple(v) if isinstance(v, list) else v  # type: ignore[arg-type]
+                               for k, v in e.items()}) for e in data["events"]]
     rec.decisions = [_undecision(d) for d in data["decisions"]]
     rec.queue_log = {q: [tuple(e) for e in entries] for q, entries in data["queue_log"].items()}
     tasks = [_task(t) for t in data["tasks"]]

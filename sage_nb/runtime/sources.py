@@ -25,7 +25,7 @@ from .context import IN_MEMORY_TYPES
 if TYPE_CHECKING:  # pragma: no cover
     from ..communication.router import BaseRouter
     from .context import TaskContext
-    from .task import Control
+    from .task import BaseTask, Control
 
 __all__ = ["END", "SourceLoop"]
 
@@ -50,6 +50,8 @@ _IN_MEMORY = tuple(type(iter(t(0) if t is range else t())) for t in IN_MEMORY_TY
 
 class _Shared:
     """One iterator shared by a source's instances: each item goes to exactly one of them."""
+
+    _it: Iterator[Any] | None
 
     def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
         self._make, self._it, self._lock = make, None, threading.Lock()
@@ -105,11 +107,17 @@ class SourceLoop:
     state: str
     chain_next: Any
     _per_instance: bool
-    _wait_paused: Callable[[], None]
-    _hand_over: Callable[[bool], None]
-    lean_next: Callable[[], Any]
-    emit: Callable[[list[Any]], None]
-    _route: Callable[[Bundle], None]
+
+    if TYPE_CHECKING:  # the task's methods (BaseTask, ChainedTask, BundlePath)
+        def _wait_paused(self) -> None: ...
+
+        def _hand_over(self, idle: bool) -> None: ...
+
+        def lean_next(self) -> BaseTask | None: ...
+
+        def emit(self, items: list[Any]) -> None: ...
+
+        def _route(self, b: Bundle) -> None: ...
 
     def _source_items(self, fn: Any) -> Iterator[Any]:
         """This instance's items: its own (a class instance, a stride of a sequence) or a share."""

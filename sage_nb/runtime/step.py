@@ -62,6 +62,7 @@ class StepRunner(StepActions, Dispatcher):
     """
 
     breakpoints: Any = None   # set by Job.break_when (a sage_nb.runtime.breakpoints.Breakpoints)
+    trace: StepTrace          # (the Dispatcher's trace: a StepTrace here)
 
     def __init__(self, plan: ExecutionGraph, *, policy: str = "round_robin",
                  record_limit: int = RECORD_LIMIT, put_timeout: float | None = None,
@@ -206,9 +207,11 @@ class StepRunner(StepActions, Dispatcher):
         self.state.begin(index)
         name, action = self._pick() if self._open_services() else (None, None)
         if self.done.is_set():   # a service could not start
+            assert self.error is not None  # (set with done by _open_services)
             ev = StepEvent(index, "error", self.error.instance, error=self.error.message)
         else:
-            ev = self._act(index, name, action) if name else self._deadlock(index)
+            ev = (self._act(index, name, action)  # type: ignore[arg-type]  # (set with name)
+                  if name else self._deadlock(index))
         if len(self.state.ended) == len(self.order) and not any(
                 t.router.outbox for t in self.tasks.values()):
             self._end_job()

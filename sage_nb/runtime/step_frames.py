@@ -72,7 +72,7 @@ class FrameRecorder:
             if full != self.full[q]:   # its feeders became (or stopped being) backpressured
                 self.full[q] = full
                 touched |= self.feeders[q]
-        touched.discard(name)  # type: ignore[arg-type]
+        touched.discard(name)
         for n in touched:
             k = self.index[n]
             self.tasks[k] = _restate(self.tasks[k], st.task_state(n), stats.get(st.qid.get(n)))

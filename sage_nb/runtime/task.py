@@ -223,7 +223,7 @@ class BaseTask(SourceLoop, BundlePath, ChainedTask):
         fn = self.attrs.get("fn")
         self._per_instance = isinstance(fn, type) and _wants_instance(fn, self.ctx.kind)
         if self._per_instance:
-            obj = self._instantiate(fn)
+            obj = self._instantiate(fn)  # type: ignore[arg-type]  # (_per_instance: fn is a class)
             if self.ctx.kind == "co_map":
                 return [getattr(obj, f"map{i}") for i in range(len(self.ctx.upstreams))]
             if self.ctx.kind == "source":
