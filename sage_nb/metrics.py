@@ -29,6 +29,7 @@ __all__ = [
     "OperatorSnapshot",
     "TaskSnapshot",
     "Trace",
+    "is_bottleneck",
 ]
 
 _at = attrgetter("time")  # a routing decision's time
@@ -36,6 +37,10 @@ _at = attrgetter("time")  # a routing decision's time
 #: The states a task instance reports; the inspector colours nodes by them.
 TASK_STATES = ("starting", "idle", "busy", "backpressured", "paused", "draining", "closing",
                "finished", "failed", "cancelled")
+#: A queue fuller than this (whole percent) holds back the instances writing into it; the
+#: inspector draws its load red (NiFi's threshold).
+FULL_PERCENT = 85
+_WORKING = ("busy", "idle", "draining")
 
 
 class Trace:
@@ -206,6 +211,18 @@ class JobSnapshot:
     def task(self, name: str) -> TaskSnapshot:
         return next(t for t in self.tasks if t.name == name)
 
+    def held_back(self) -> frozenset[str]:
+        """The instances with a queue over ``FULL_PERCENT`` full among those they write into."""
+        return frozenset(c.source for c in self.connections if _full(c.used, c.capacity))
+
+    def bottlenecks(self) -> tuple[str, ...]:
+        """The instances that likely limit the job's rate now (see :func:`is_bottleneck`). An
+        instance blocked on a full queue downstream for over half of the run counts as waiting
+        even in the instant it is not (it just got room): the stage it waits for is the cause."""
+        half, held = self.elapsed / 2, self.held_back()
+        return tuple(t.name for t in self.tasks
+                     if is_bottleneck(t, "backpressured" if t.blocked_time > half else None, t.name in held))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-safe data (keys and payloads as reprs)."""
         d = asdict(self)
@@ -213,6 +230,35 @@ class JobSnapshot:
         for c, snap in zip(d["connections"], self.connections, strict=True):
             c["load"] = snap.load
         return d
+
+
+def _full(used: int, capacity: int | None) -> bool:
+    return capacity is not None and capacity > 0 and round(100 * used / capacity) > FULL_PERCENT
+
+
+def is_bottleneck(t: TaskSnapshot, state: str | None = None, held: bool = False) -> bool:
+    """Whether instance ``t`` likely limits the job's rate: its input queue is over
+    ``FULL_PERCENT`` full, so the instances writing into it wait, while it works (``state``,
+    default ``t.state``: busy, idle or draining, not blocked in a put) and no queue it writes
+    into is that full (``held``: one is; then what reads that queue holds both back). Of a
+    backpressured chain, that is the slow stage: the cause, not the stages waiting behind it.
+    An unbounded queue is never full.
+
+    >>> from sage_nb.communication.local_queue import QueueStats
+    >>> def task(used, state):
+    ...     return TaskSnapshot("m[0]", "m", 0, "map", state, 0, 0, 0.0, 0.0, 0, 1,
+    ...                         QueueStats(used, 100, used, used, 0), "q")
+    >>> is_bottleneck(task(90, "busy")), is_bottleneck(task(90, "backpressured"))
+    (True, False)
+    >>> is_bottleneck(task(85, "busy")), is_bottleneck(task(90, "finished"))
+    (False, False)
+    >>> is_bottleneck(task(90, "busy"), held=True)
+    False
+    """
+    q = t.queue
+    if held or q is None or (state or t.state) not in _WORKING:
+        return False
+    return _full(q.used, q.capacity)
 
 
 def _decision_dict(e: RoutingDecision) -> dict[str, Any]:

@@ -224,6 +224,9 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
     assert page.evaluate("window.sageModel.get('selected')") == {"kind": "node", "id": f"{SCRIPT_END}[2]"}
     assert root.locator(".sage-details-title").inner_text() == f"{SCRIPT_END}[2]"
     assert root.locator(".sage-pause").is_disabled()                 # nothing to pause any more
+    # the physical view marks the instance whose queue is 95 % full while it works
+    assert root.locator(".sage-node.sage-bottleneck").evaluate_all("ns => ns.map(n => n.dataset.node)") == \
+        [f"{SCRIPT_END}[2]"]
     root.screenshot(path=str(ARTIFACTS / "inspector-failed.png"))
     # controls of a running job: pause message, view toggle, update rate, log row -> packet
     sent = {f"src[0]->count[{i}]": n for i, n in enumerate((40, 95, 60, 180))}
@@ -231,10 +234,17 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
                                       used={"count[1]": 72, "count[3]": 90}, states={"src[0]": "backpressured"},
                                       top_keys={"count[3]": (("'the'", 120), ("'a'", 40))}), view="logical")
     state = running.get_state()
+    report = running.save_html(Path(tempfile.mkdtemp()) / "running.html")
     running.close()
     render_with_fake_model(page, state["_esm"], state, state["_css"])
     root = page.locator(".sage-inspector")
     root.screenshot(path=str(ARTIFACTS / "inspector-logical.png"))
+    # count[3]'s queue is 90 % full while it works and src waits: the operator is marked, with its badge
+    marked = root.locator(".sage-node.sage-bottleneck")
+    assert marked.evaluate_all("ns => ns.map(n => n.dataset.node)") == ["count"]
+    assert marked.locator(".sage-bottleneck-ring").count() == 1
+    assert marked.locator("text.sage-bottleneck-text").text_content() == "bottleneck"
+    assert "likely bottleneck" in root.locator(".sage-legend").inner_text()
     root.locator(".sage-pause").click()
     root.locator("button[data-view='physical']").click()
     root.locator(".sage-rate").select_option("2")
@@ -243,6 +253,10 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
                           "rate: window.sageModel.get('rate'), packet: window.sageModel.get('packet')})")
     assert model == {"sent": [{"type": "pause"}], "view": "physical", "rate": 2, "packet": 7}
     assert page.problems == []
+    page.goto(report.as_uri(), wait_until="load")  # the saved report draws it too
+    assert page.locator(".sage-node.sage-bottleneck").evaluate_all("ns => ns.map(n => n.dataset.node)") == \
+        ["count"]
+    assert "likely bottleneck" in page.locator(".sage-legend").inner_text()
 
 
 # ----------------------------------------------------------------------------- step mode

@@ -105,6 +105,35 @@ def test_backpressure_is_derived_from_blocked_time():
     assert node(g, "count[0]")["state"] == "busy"
 
 
+def test_the_likely_bottleneck_is_the_working_instance_behind_a_full_queue():
+    # count[1]'s queue is 90 % full while it works; count[2]'s too, but it waits on its own outputs
+    snap = make_snapshot(used={"count[0]": 85, "count[1]": 90, "count[2]": 90},
+                         states={"count[2]": "backpressured", "src[0]": "backpressured"})
+    g = graph_view(snap, "physical")
+    assert [n["id"] for n in g["nodes"] if n["bottleneck"]] == ["count[1]"]  # 85 % is not over 85 %
+    assert snap.bottlenecks() == ("count[1]",)
+    rows = dict(node(g, "count[1]")["details"]["rows"])
+    assert rows["likely bottleneck"].startswith("its input queue is over 85 % full")
+    assert "likely bottleneck" not in dict(node(g, "count[2]")["details"]["rows"])
+    logical = graph_view(snap, "logical")
+    assert [n["id"] for n in logical["nodes"] if n["bottleneck"]] == ["count"]
+    assert dict(node(logical, "count")["details"]["rows"])["likely bottleneck"].startswith("count[1]: its")
+    # blocked time counts as waiting too; an unbounded queue is never full
+    window, later = RateWindow(), make_snapshot(elapsed=2.0, used={"count[1]": 90}, blocked={"count[1]": 0.8})
+    window.add(make_snapshot(elapsed=1.0))
+    window.add(later)
+    assert not node(graph_view(later, "physical", window.rates()), "count[1]")["bottleneck"]
+    assert make_snapshot(used={"count[1]": 90}, capacity=None).bottlenecks() == ()
+    assert make_snapshot(used={"count[1]": 90}, states={"count[1]": "finished"}).bottlenecks() == ()
+    # once the queue count[1] writes into is full too, what reads it holds both back: out[0] is the cause
+    held = make_snapshot(used={"count[1]": 90, "out[0]": 90})
+    assert held.held_back() == {"src[0]", "count[0]", "count[1]", "count[2]", "count[3]"}
+    assert held.bottlenecks() == ("out[0]",)
+    assert [n["id"] for n in graph_view(held, "physical")["nodes"] if n["bottleneck"]] == ["out[0]"]
+    assert [n["id"] for n in graph_view(held, "logical")["nodes"] if n["bottleneck"]] == ["out"]
+    assert palette.legend()["bottleneck"]["label"] == "likely bottleneck"
+
+
 def test_failed_instance_is_red_even_if_it_reports_another_state():
     from sage_nb.metrics import ErrorInfo
 

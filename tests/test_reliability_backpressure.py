@@ -7,10 +7,13 @@ a packet it did not deliver.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections import Counter, defaultdict
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +38,7 @@ from sage_nb.communication import (
     PythonQueueDescriptor,
 )
 from sage_nb.errors import DeliveryError
+from sage_nb.inspector.view import graph_view
 from sage_nb.testing import wait_for
 
 pytestmark = STRICT_THREADS
@@ -205,6 +209,34 @@ def test_t13_producers_blocked_in_put_are_cancellable(backend, no_leak):
     wait_for(lambda: job.snapshot().task("out[0]").state == "cancelled", timeout=2.0)
     assert {t.state for t in job.snapshot().tasks} == {"cancelled"}
     wait_for(lambda: not job_threads(job), timeout=2.0)
+
+
+def _wait_for_file(path: str, _item: Any) -> None:
+    """A sink that blocks until ``path`` exists (a gate that also reaches Ray's workers)."""
+    deadline_at = time.monotonic() + 30  # a bug must not hang the run forever
+    while not os.path.exists(path) and time.monotonic() < deadline_at:
+        time.sleep(0.005)
+
+
+def test_the_bottleneck_is_the_slow_stage_not_the_stages_waiting_behind_it(backend, no_leak, tmp_path):
+    needs_concurrency(backend)
+    gate = str(tmp_path / "go")
+    p = snb.Pipeline("bottleneck")
+    p.from_source(_forever, name="src").map(lambda x: x, name="m").sink(partial(_wait_for_file, gate), name="out")
+    job = p.run(backend=backend, queue_maxsize=4)
+    try:
+        # the sink holds its first item: its queue fills, then the map's; both feeders wait in put
+        wait_for(lambda: _blocked_in_put(job, ["src[0]", "m[0]"]) == ["src[0]", "m[0]"], timeout=20)
+        snap = job.snapshot()
+        assert snap.bottlenecks() == ("out[0]",), snap.tasks  # the full queue the map waits on is not the map's fault
+        physical, logical = graph_view(snap, "physical"), graph_view(snap, "logical")
+        assert [n["id"] for n in physical["nodes"] if n["bottleneck"]] == ["out[0]"]
+        assert [n["id"] for n in logical["nodes"] if n["bottleneck"]] == ["out"]
+    finally:
+        Path(gate).touch()
+        job.stop(drain=False)
+    wait_for(lambda: {t.state for t in job.snapshot().tasks} == {"cancelled"}, timeout=10)
+    assert job.snapshot().bottlenecks() == ()  # ended: nothing limits anything
 
 
 # --------------------------------------------------------------------------- T14

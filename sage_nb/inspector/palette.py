@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..metrics import FULL_PERCENT
+
 __all__ = [
     "AMBER_ABOVE",
     "LEVEL_COLORS",
@@ -31,7 +33,7 @@ __all__ = [
 
 #: whole percentages: ``pct <= 60`` is green, ``pct <= 85`` amber, above is red (NiFi).
 AMBER_ABOVE = 60
-RED_ABOVE = 85
+RED_ABOVE = FULL_PERCENT
 
 LEVEL_COLORS = {"green": "#2e9d4a", "amber": "#f2a900", "red": "#d62f2f"}
 
@@ -111,6 +113,9 @@ def legend() -> dict[str, Any]:
             {"level": "red", "color": LEVEL_COLORS["red"], "label": f"> {RED_ABOVE} %"},
         ],
         "path": PATH_COLOR,
+        "bottleneck": {"color": LEVEL_COLORS["red"], "label": "likely bottleneck",
+                       "meaning": f"input queue over {RED_ABOVE} % full while the instance works and does "
+                                  f"not wait on its outputs: the stages before it wait for it"},
     }
 
 

@@ -70,8 +70,17 @@ def _draw_edge(ax: Any, e: dict[str, Any], view: str, size: Sequence[float], on_
 
 def _draw_node(ax: Any, n: dict[str, Any]) -> None:
     x, y, w, h = n["x"], n["y"], n["w"], n["h"]
+    red = LEVEL_COLORS["red"]
+    if n.get("bottleneck"):  # a dashed ring and a badge, as the widget draws a likely bottleneck
+        ax.add_patch(FancyBboxPatch((x - 5, y - 5), w + 10, h + 10, boxstyle="round,pad=0,rounding_size=11",
+                                    facecolor="none", edgecolor=red, lw=1.8, ls=(0, (4, 2)), zorder=4))
     ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=8",
                                 facecolor=n["fill"], edgecolor="#37474f", lw=1.2, zorder=4))
+    if n.get("bottleneck"):
+        ax.add_patch(FancyBboxPatch((x + w - 74, y - 9), 70, 16, boxstyle="round,pad=0,rounding_size=8",
+                                    facecolor=red, edgecolor="none", zorder=6))
+        ax.text(x + w - 39, y - 1, "bottleneck", ha="center", va="center", fontsize=10.5 * PX,
+                weight="bold", color="#ffffff", zorder=7, family=FONT, parse_math=False)
     ax.text(x + w / 2, y + 15, n["label"], ha="center", va="center", fontsize=14.5 * PX,
             weight="bold", color=n["text"], zorder=5, family=FONT, parse_math=False)
     for i, line in enumerate(n["lines"][:2]):
@@ -79,7 +88,7 @@ def _draw_node(ax: Any, n: dict[str, Any]) -> None:
                 color=n["text"], zorder=5, family=FONT, parse_math=False)
 
 
-def _draw_legend(ax: Any, states: Sequence[str], y: float) -> None:
+def _draw_legend(ax: Any, states: Sequence[str], y: float, bottleneck: bool = False) -> None:
     x = 24.0
     for s in states:
         fill = STATE_COLORS[s][0]
@@ -92,6 +101,11 @@ def _draw_legend(ax: Any, states: Sequence[str], y: float) -> None:
         ax.add_patch(Rectangle((x, y + 2), 22, 10, facecolor=LEVEL_COLORS[level], edgecolor="none"))
         ax.text(x + 27, y + 7, label, va="center", fontsize=11 * PX, color=TEXT, family=FONT, parse_math=False)
         x += 36 + 7.2 * len(label)
+    if bottleneck:
+        ax.add_patch(FancyBboxPatch((x, y), 14, 14, boxstyle="round,pad=0,rounding_size=3", facecolor="none",
+                                    edgecolor=LEVEL_COLORS["red"], lw=1.4, ls=(0, (3, 1.5))))
+        ax.text(x + 19, y + 7, "likely bottleneck", va="center", fontsize=11 * PX, color=TEXT, family=FONT,
+                parse_math=False)
 
 
 def graph_png(graph: dict[str, Any], summary: dict[str, Any] | None = None,
@@ -125,7 +139,7 @@ def graph_png(graph: dict[str, Any], summary: dict[str, Any] | None = None,
     for n in graph.get("nodes", []):
         _draw_node(body, n)
     present = [s for s in STATE_COLORS if any(n["state"] == s for n in graph.get("nodes", []))]
-    _draw_legend(ax, present, total - footer + 8)
+    _draw_legend(ax, present, total - footer + 8, any(n.get("bottleneck") for n in graph.get("nodes", [])))
     return _png(fig, dpi)
 
 

@@ -74,6 +74,11 @@ def _legend(root: ET.Element, palette: dict[str, Any]) -> None:
         item = _sub(box, "span", class_="sage-legend-item")
         _sub(item, "span", "", class_="sage-bar-chip", style=f"background:{lv['color']}")
         _sub(item, "span", lv["label"])
+    if leg.get("bottleneck"):
+        bn = leg["bottleneck"]
+        item = _sub(box, "span", class_="sage-legend-item", title=bn["meaning"])
+        _sub(item, "span", "", class_="sage-bottleneck-chip")
+        _sub(item, "span", bn["label"])
 
 
 def _log(parent: ET.Element, rows: list[dict[str, Any]]) -> None:

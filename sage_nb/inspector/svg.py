@@ -13,7 +13,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Collection
 from typing import Any
 
+from .palette import LEVEL_COLORS
+
 __all__ = ["graph_svg"]
+
+BOTTLENECK = LEVEL_COLORS["red"]  # a likely bottleneck's ring and badge
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: Any) -> ET.Element:
@@ -91,11 +95,23 @@ def graph_svg(graph: dict[str, Any], path: Collection[str] = ()) -> ET.Element:
         _sub(g, "polygon", points=" ".join(f"{x},{y}" for x, y in e["arrow"]), fill=e["stroke"])
         _label(labels, e, view, size, "sage-edge-label" + on)
     for n in graph.get("nodes", []):
-        g = _sub(nodes, "g", class_="sage-node", data_node=n["id"], data_state=n["state"])
+        bottleneck = n.get("bottleneck", False)
+        g = _sub(nodes, "g", class_="sage-node sage-bottleneck" if bottleneck else "sage-node",
+                 data_node=n["id"], data_state=n["state"])
         _tooltip(g, n["details"])
         cx = n["x"] + n["w"] / 2
+        if bottleneck:  # a dashed ring (the badge comes after the box), as the widget draws it
+            _sub(g, "rect", class_="sage-bottleneck-ring", x=n["x"] - 5, y=n["y"] - 5, width=n["w"] + 10,
+                 height=n["h"] + 10, rx=12, fill="none", stroke=BOTTLENECK, stroke_width=2.5,
+                 stroke_dasharray="6 3")
         _sub(g, "rect", class_="sage-node-box", x=n["x"], y=n["y"], width=n["w"], height=n["h"], rx=9,
              fill=n["fill"], stroke="#37474f")
+        if bottleneck:
+            bx = n["x"] + n["w"] - 74
+            _sub(g, "rect", class_="sage-bottleneck-badge", x=bx, y=n["y"] - 9, width=70, height=16, rx=8,
+                 fill=BOTTLENECK)
+            _sub(g, "text", "bottleneck", class_="sage-bottleneck-text", x=bx + 35, y=n["y"] + 3,
+                 fill="#ffffff", text_anchor="middle", font_size=10.5, font_weight="bold")
         _sub(g, "text", n["label"], class_="sage-node-name", x=cx, y=n["y"] + 20, fill=n["text"],
              text_anchor="middle", font_size=14.5, font_weight="bold")
         for i, line in enumerate(n["lines"][:2]):

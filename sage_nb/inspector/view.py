@@ -12,7 +12,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from ..metrics import ConnectionSnapshot, JobSnapshot, TaskSnapshot
+from ..metrics import FULL_PERCENT, ConnectionSnapshot, JobSnapshot, TaskSnapshot, is_bottleneck
 from . import layout
 from .palette import (
     EDGE_IDLE,
@@ -32,6 +32,8 @@ NO_RATES = Rates({}, {}, {}, {}, average=True)
 WORKING = ("busy", "idle", "draining")
 NODE_CHARS, GROUP_CHARS, LABEL_CHARS = 15, 21, 21     # what fits in a node, a group title, a label
 BACKPRESSURED_MS = 500.0      # blocked ms per second above which a working task shows backpressured
+BOTTLENECK_TEXT = (f"its input queue is over {FULL_PERCENT} % full while it works and does not wait "
+                   f"on its outputs: the stages before it wait for it")
 
 
 def _r(x: float) -> float:
@@ -87,15 +89,17 @@ def _task_state(snap: JobSnapshot, t: TaskSnapshot, rates: Rates) -> str:
 
 # ----------------------------------------------------------------------------- nodes
 def _node(node_id: str, box: layout.Box, state: str, lines: list[str], kind: str,
-          details: dict[str, Any]) -> dict[str, Any]:
+          details: dict[str, Any], bottleneck: bool = False) -> dict[str, Any]:
     fill, text = state_colors(state)
     return {"id": node_id, "label": fit(node_id, NODE_CHARS), "state": state, "fill": fill, "text": text,
             "kind": kind, "lines": lines, "x": _r(box.x), "y": _r(box.y), "w": box.w, "h": box.h,
-            "details": details}
+            "bottleneck": bottleneck, "details": details}
 
 
-def _task_node(snap: JobSnapshot, t: TaskSnapshot, box: layout.Box, rates: Rates) -> dict[str, Any]:
+def _task_node(snap: JobSnapshot, t: TaskSnapshot, box: layout.Box, rates: Rates,
+               held: bool) -> dict[str, Any]:
     state = _task_state(snap, t, rates)
+    bottleneck = is_bottleneck(t, state, held)
     stops = stops_text(t.stops_received, t.stops_expected, state)
     third = stops or _io(t.kind, t.packets_in, t.packets_out)
     rows: list[list[Any]] = [
@@ -111,15 +115,17 @@ def _task_node(snap: JobSnapshot, t: TaskSnapshot, box: layout.Box, rates: Rates
         rows += [["input queue", f"{t.queue.used}/{cap} (peak {t.queue.peak})"],
                  ["queue in / out", f"{t.queue.total_in} / {t.queue.total_out}"],
                  ["queue id", t.queue_id or ""]]
+    if bottleneck:
+        rows.append(["likely bottleneck", BOTTLENECK_TEXT])
     if t.error:
         rows.append(["error", t.error])
     lists = [("top keys", [f"{k}: {n}" for k, n in t.top_keys]),
              ("last packets", [short_repr(p, 60) for p in t.last_packets])]
-    return _node(t.name, box, state, [state, third], t.kind, _details(t.name, rows, lists))
+    return _node(t.name, box, state, [state, third], t.kind, _details(t.name, rows, lists), bottleneck)
 
 
 def _operator_node(snap: JobSnapshot, name: str, kind: str, tasks: list[TaskSnapshot],
-                   box: layout.Box, rates: Rates) -> dict[str, Any]:
+                   box: layout.Box, rates: Rates, held: frozenset[str]) -> dict[str, Any]:
     states = [_task_state(snap, t, rates) for t in tasks]
     state = aggregate_state(states) if tasks else "starting"
     received = sum(t.stops_received for t in tasks)
@@ -132,10 +138,13 @@ def _operator_node(snap: JobSnapshot, name: str, kind: str, tasks: list[TaskSnap
         ["rate in", _rate_text(sum(rates.tasks.get(t.name, 0.0) for t in tasks), rates)],
         ["stop signals", f"{received}/{expected}"],
     ]
+    slow = [t.name for t, s in zip(tasks, states, strict=True) if is_bottleneck(t, s, t.name in held)]
+    if slow:
+        rows.append(["likely bottleneck", f"{', '.join(slow)}: {BOTTLENECK_TEXT}"])
     inst = [f"{t.name}: {s}, in {t.packets_in}, out {t.packets_out}" for t, s in zip(tasks, states, strict=True)]
     second = f"\N{MULTIPLICATION SIGN}{len(tasks)} · {state}" if len(tasks) > 1 else state
     return _node(name, box, state, [second, stops or _io(kind, p_in, p_out)], kind,
-                 _details(name, rows, [("instances", inst)]))
+                 _details(name, rows, [("instances", inst)]), bool(slow))
 
 
 # ----------------------------------------------------------------------------- edges
@@ -231,8 +240,9 @@ def physical_graph(snap: JobSnapshot, rates: Rates = NO_RATES, memo: Memo = NO_M
              if c.source in known and c.target in known]
     lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
                   tuple((c.source, c.target) for _, c in conns), "physical")
-    nodes = [memo.get(n, (tasks[n], lay.boxes[n], snap.error),
-                      lambda n=n: _task_node(snap, tasks[n], lay.boxes[n], rates))
+    held = snap.held_back()  # (whether a queue it writes into is full: part of what a node shows)
+    nodes = [memo.get(n, (tasks[n], lay.boxes[n], snap.error, n in held),
+                      lambda n=n: _task_node(snap, tasks[n], lay.boxes[n], rates, n in held))
              for _, _, inst in ops for n in inst if n in tasks]
     edges = [memo.get(cid, (c, route), lambda cid=cid, c=c, route=route: _conn_edge(cid, c, route, rates))
              for (cid, c), route in zip(conns, lay.routes, strict=True)]
@@ -254,12 +264,13 @@ def logical_graph(snap: JobSnapshot, rates: Rates = NO_RATES, memo: Memo = NO_ME
                 if e[0] in names and e[1] in names]
     lay = _layout(tuple((n, inst) for n, _, inst in ops), tuple((e[0], e[1]) for e in snap.logical_edges),
                   tuple((e[0], e[1]) for _, e in edges_in), "logical")
-    nodes = []
+    nodes, held = [], snap.held_back()
     mine: list[Any]  # (a declaration only: an operator's tasks, then an edge's connections)
     for n, kind, inst in ops:
         mine = [tasks[i] for i in inst if i in tasks]
-        nodes.append(memo.get(n, (*mine, lay.boxes[n], snap.error),
-                              lambda n=n, kind=kind, mine=mine: _operator_node(snap, n, kind, mine, lay.boxes[n], rates)))
+        nodes.append(memo.get(n, (*mine, lay.boxes[n], snap.error, *(i in held for i in inst)),
+                              lambda n=n, kind=kind, mine=mine: _operator_node(snap, n, kind, mine, lay.boxes[n],
+                                                                               rates, held)))
     conn_ids = connection_ids(snap)
     edges = []
     for (eid, e), route in zip(edges_in, lay.routes, strict=True):

@@ -169,11 +169,13 @@ function drawGraph(ui, model, st) {
     const picked = sel.kind === "node" && sel.id === n.id;
     const cls = `sage-node${picked ? " sage-selected" : ""}${mark.moved === n.id ? " sage-moved" : ""}` +
       `${mark.upcoming === n.id ? " sage-upcoming" : ""}${mark.brkNode === n.id ? " sage-break-node" : ""}` +
-      `${mark.candidates.has(n.id) ? " sage-candidate" : ""}`;
+      `${mark.candidates.has(n.id) ? " sage-candidate" : ""}${n.bottleneck ? " sage-bottleneck" : ""}`;
     const e = s("g", { class: cls, "data-node": n.id, "data-state": n.state });
     const cx = n.x + n.w / 2;
+    if (n.bottleneck) e.append(...bottleneckMark(n));
     e.append(s("rect", { class: "sage-node-box", x: n.x, y: n.y, width: n.w, height: n.h, rx: 9, fill: n.fill }),
              s("text", { class: "sage-node-name", x: cx, y: n.y + 20, fill: n.text }, n.label));
+    if (n.bottleneck) e.append(...bottleneckBadge(n));
     (n.lines || []).slice(0, 2).forEach((line, i) => {
       e.append(s("text", { class: `sage-node-line${line.startsWith("stop signals") ? " sage-stops" : ""}`,
                            x: cx, y: n.y + 37 + 15 * i, fill: n.text }, line));
@@ -183,6 +185,18 @@ function drawGraph(ui, model, st) {
   const packets = s("g", { class: "sage-packets" });
   svg.append(packets);
   drawPackets(ui, model, st, packets);
+}
+
+// a likely bottleneck: a dashed ring around the node, and a badge on its top edge
+function bottleneckMark(n) {
+  return [s("rect", { class: "sage-bottleneck-ring", x: n.x - 5, y: n.y - 5, width: n.w + 10, height: n.h + 10,
+                      rx: 12 })];
+}
+
+function bottleneckBadge(n) {
+  const x = n.x + n.w - 74;
+  return [s("rect", { class: "sage-bottleneck-badge", x, y: n.y - 9, width: 70, height: 16, rx: 8 }),
+          s("text", { class: "sage-bottleneck-text", x: x + 35, y: n.y + 3 }, "bottleneck")];
 }
 
 function edgeLine(svg, id) {
@@ -489,6 +503,11 @@ function drawLegend(ui, model) {
   chip.style.background = leg.path;
   item.append(chip, h("span", {}, "packet path (click a log row)"));
   box.append(item);
+  if (leg.bottleneck) {
+    const bn = h("span", { class: "sage-legend-item", title: leg.bottleneck.meaning });
+    bn.append(h("span", { class: "sage-bottleneck-chip" }), h("span", {}, leg.bottleneck.label));
+    box.append(bn);
+  }
 }
 
 // ------------------------------------------------------------------ tables
