@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter
 from typing import Any
 
 from .communication.local_queue import QueueStats
+from .communication.partition import partition
 from .communication.router import RoutingDecision
 
 __all__ = [
@@ -26,10 +28,12 @@ __all__ = [
     "ConnectionSnapshot",
     "ErrorInfo",
     "JobSnapshot",
+    "KeySpread",
     "OperatorSnapshot",
     "TaskSnapshot",
     "Trace",
     "is_bottleneck",
+    "spread",
 ]
 
 _at = attrgetter("time")  # a routing decision's time
@@ -230,6 +234,48 @@ class JobSnapshot:
         for c, snap in zip(d["connections"], self.connections, strict=True):
             c["load"] = snap.load
         return d
+
+
+@dataclass(frozen=True)
+class KeySpread:
+    """How packets with the keys counted so far spread over ``parallelism`` instances of a
+    ``key_by`` operator (:func:`spread`, ``job.what_if``): the packets and the most frequent
+    key of each instance."""
+
+    operator: str
+    parallelism: int
+    packets: tuple[int, ...]      # per instance
+    hottest: tuple[Any, ...]      # each instance's most frequent key (None: it gets none)
+
+    @property
+    def skew(self) -> float | None:
+        """The busiest instance's packets over the mean (1.0: even); None without packets."""
+        total = sum(self.packets)
+        return max(self.packets) * len(self.packets) / total if total else None
+
+    def __repr__(self) -> str:
+        skew = "-" if self.skew is None else f"{self.skew:.2f}"
+        return (f"KeySpread({self.operator!r} over {self.parallelism} instances: packets "
+                f"{list(self.packets)}, skew {skew}, hottest keys {list(self.hottest)})")
+
+
+def spread(counts: Mapping[Any, int], parallelism: int, operator: str = "") -> KeySpread:
+    """The packets of ``counts`` (key -> packets) per instance when hash-partitioned over
+    ``parallelism`` instances, as ``key_by`` routes them.
+
+    >>> spread({"u42": 80, "u1": 10, "u2": 10}, 1)
+    KeySpread('' over 1 instances: packets [100], skew 1.00, hottest keys ['u42'])
+    >>> s = spread({"u42": 80, "u1": 10, "u2": 10}, 4)
+    >>> s.packets[partition("u42", 4)] >= 80, sum(s.packets)
+    (True, 100)
+    """
+    if type(parallelism) is not int or parallelism < 1:
+        raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
+    per: list[Counter[Any]] = [Counter() for _ in range(parallelism)]
+    for key, n in counts.items():
+        per[partition(key, parallelism)][key] += n
+    return KeySpread(operator, parallelism, tuple(sum(c.values()) for c in per),
+                     tuple(c.most_common(1)[0][0] if c else None for c in per))
 
 
 def _full(used: int, capacity: int | None) -> bool:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
+import re
 import threading
 import time
+from collections import Counter
 
 import pytest
 from _reliability import needs_shared_state
 
 import sage_nb as snb
+from sage_nb.communication import partition
 from sage_nb.testing import Scripted, wait_for
 
 
@@ -172,3 +177,43 @@ def test_rerunning_a_pipeline_stops_its_previous_job(no_leak):
     assert [j.status for j in jobs] == [snb.JobStatus.CANCELLED] * 2 + [snb.JobStatus.RUNNING]
     assert snb.jobs() == [jobs[-1]]
     assert snb.stop_all() == 1
+
+
+# --------------------------------------------------------------------------- what if
+def _same(x):
+    return x
+
+
+def _hold_until(path, x):
+    deadline_at = time.monotonic() + 30  # a bug must not hang the run forever
+    while not os.path.exists(path) and time.monotonic() < deadline_at:
+        time.sleep(0.005)
+    return x
+
+
+def test_what_if_repartitions_the_keys_counted_so_far(backend, tmp_path):
+    users = [f"u{i}" for i in range(8)]
+    skewed = ["u42" if i % 5 else users[i % 8] for i in range(2000)]  # one hot key: 80 % of the packets
+    gate = tmp_path / "go"
+    p = snb.Pipeline("what-if")
+    p.from_iterable(skewed, name="events").key_by(_same).map(_same, name="count", parallelism=4) \
+        .map(functools.partial(_hold_until, str(gate)), name="hold").sink(name="out")
+    job = p.run(backend=backend, queue_maxsize=64)
+    if backend != "step":  # while it runs (on Ray: asked of the actors), a part of what comes
+        live = wait_for(lambda: job.key_counts("count"), timeout=60)
+        assert live.keys() <= set(skewed) and all(n <= skewed.count(k) for k, n in live.items())
+    gate.touch()
+    job.wait(timeout=120)
+    assert job.key_counts("count") == Counter(skewed)  # (on Ray: from the actors' final reports)
+    own = job.what_if("count", 4)
+    assert own.packets == tuple(job.snapshot().task(f"count[{i}]").packets_in for i in range(4))
+    assert own.hottest[partition("u42", 4)] == "u42"
+    seven = job.what_if("count", 7)
+    assert sum(seven.packets) == 2000 and seven.packets[partition("u42", 7)] >= 1600
+    assert seven.skew > own.skew > 3  # more instances do not spread one hot key: the skew grows
+    with pytest.raises(ValueError, match=re.escape("'hold' is not behind key_by")):
+        job.what_if("hold", 2)
+    with pytest.raises(KeyError, match="no operator named 'nope'"):
+        job.key_counts("nope")
+    with pytest.raises(ValueError, match="parallelism must be an int >= 1, got 0"):
+        job.what_if("count", 0)

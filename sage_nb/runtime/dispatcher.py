@@ -179,6 +179,10 @@ class Dispatcher:
                         0, c.input_qd.metadata.get("maxsize") or None, 0, 0, 0))
         return dict(self._last_stats)
 
+    def key_counts(self, name: str) -> dict[Any, int]:
+        """The keys instance ``name`` counted so far, with their packets (one C-level copy)."""
+        return dict(self.tasks[name].key_counts)
+
     def task_snapshots(self, stats: dict[str, QueueStats]) -> tuple[TaskSnapshot, ...]:
         out = []
         for t in self.tasks.values():

@@ -16,11 +16,19 @@ from __future__ import annotations
 import enum
 import importlib.util
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueStats
 from ..errors import BackendError, JobFailed
-from ..metrics import ConnectionSnapshot, JobSnapshot, OperatorSnapshot, TaskSnapshot
+from ..metrics import (
+    ConnectionSnapshot,
+    JobSnapshot,
+    KeySpread,
+    OperatorSnapshot,
+    TaskSnapshot,
+    spread,
+)
 from .debug import DebugControls
 from .dispatcher import Dispatcher
 
@@ -177,6 +185,32 @@ class Job(DebugControls):
         except KeyError:
             raise KeyError(f"no collecting sink named {sink!r}; collecting sinks: "
                            f"{sorted(self.runner.results)}") from None
+
+    def key_counts(self, operator: str) -> Counter[Any]:
+        """The packets per key that the instances of ``operator``, behind ``key_by``, received
+        so far (each counts its first 1,000 distinct keys): the keys of the key distribution."""
+        if operator not in self.plan.logical:
+            raise KeyError(f"no operator named {operator!r}; operators: {sorted(self.plan.logical)}")
+        names = self.plan.instances(operator)
+        if not self.plan.contexts[names[0]].keyed_input:
+            keyed = sorted({c.operator for c in self.plan.contexts.values() if c.keyed_input})
+            raise ValueError(f"{operator!r} is not behind key_by, so its packets carry no key to "
+                             f"count; operators behind key_by: {keyed}")
+        total: Counter[Any] = Counter()
+        for name in names:
+            total.update(self.runner.key_counts(name))
+        return total
+
+    def what_if(self, operator: str, parallelism: int) -> KeySpread:
+        """How the packets ``operator`` received so far would spread over ``parallelism``
+        instances: its keys counted so far (:meth:`key_counts`) partitioned again, as
+        ``key_by`` would route them, before changing the graph. With its own parallelism it
+        gives each instance's packets (of the keys counted); a hot key stays on one instance
+        whatever the parallelism.
+
+        Raises ``KeyError`` for an unknown operator and ``ValueError`` for one not behind
+        ``key_by`` or a parallelism that is not an int >= 1."""
+        return spread(self.key_counts(operator), parallelism, operator)
 
     @property
     def error(self) -> Any:

@@ -116,6 +116,10 @@ class TaskActor:
     def cancel(self) -> None:
         self.control.cancel_all()
 
+    def key_counts(self) -> dict[Any, int]:
+        """The keys this instance counted so far (behind ``key_by``), with their packets."""
+        return {} if self.task is None else dict(self.task.key_counts)
+
     def take_results(self) -> list:
         """What the collecting sink received since the last call (the driver polls)."""
         results = self._results
@@ -146,7 +150,7 @@ class TaskActor:
         finally:
             self._running = False
             flusher.join(5.0)
-        return {**self.report(), "results": self.take_results()}
+        return {**self.report(), "results": self.take_results(), "key_counts": self.key_counts()}
 
     def _build(self, spec: dict[str, Any]) -> None:
         ctx = spec["ctx"]

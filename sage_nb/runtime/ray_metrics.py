@@ -79,6 +79,14 @@ class RayReadings:
         self._reports_at = time.monotonic()
         return self.reports
 
+    def key_counts(self, name: str) -> dict[Any, int]:
+        """The keys instance ``name`` counted so far: asked of its actor while it runs, from its
+        final report once it ended (the actor is gone then)."""
+        if not self.done.is_set() and name in self._running and name in self.actors:
+            with contextlib.suppress(Exception):  # it ended meanwhile: its final report has them
+                return self._get(self.actors[name].key_counts.remote())
+        return dict(self.reports.get(name, {}).get("key_counts") or {})
+
     def task_snapshots(self, stats: dict[str, QueueStats]) -> tuple[TaskSnapshot, ...]:
         reports = self._gather()
         out = []
