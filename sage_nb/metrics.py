@@ -245,7 +245,7 @@ class KeySpread:
     operator: str
     parallelism: int
     packets: tuple[int, ...]      # per instance
-    hottest: tuple[Any, ...]      # each instance's most frequent key (None: it gets none)
+    hottest: tuple[Any, ...]      # each instance's most frequent key (None where it gets no packet)
 
     @property
     def skew(self) -> float | None:

@@ -259,6 +259,39 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
     assert "likely bottleneck" in page.locator(".sage-legend").inner_text()
 
 
+def test_key_panel_asks_what_if_and_keeps_its_selector_while_it_updates(page):
+    import sage_nb as snb
+    from sage_nb.communication import partition
+    from sage_nb.inspector import Inspector
+
+    skewed = ["u42" if i % 5 else f"u{i % 8}" for i in range(2000)]
+    p = snb.Pipeline("what-if-panel")
+    p.from_iterable(skewed, name="events").key_by(str).map(str, name="count", parallelism=4).sink(name="out")
+    job = p.run().wait(timeout=30)
+    w = Inspector(job)
+    w.what_if("count", 8)
+    state = w.get_state()
+    w.close()
+    answer = state["whatif"]
+    render_with_fake_model(page, state["_esm"], {**state, "whatif": {}}, state["_css"])
+    panel = page.locator(".sage-keys-op[data-operator='count']")
+    assert panel.locator(".sage-whatif-table").count() == 0
+    pick = panel.locator("select.sage-whatif-n")
+    pick.select_option("8")
+    assert page.evaluate("window.sageSent") == [{"type": "what_if", "operator": "count", "parallelism": 8}]
+    pick.evaluate("e => { e.dataset.mark = 'kept'; }")
+    page.evaluate("a => window.sageModel.set('whatif', a)", answer)   # Python's answer
+    page.evaluate("k => window.sageModel.set('keydist', k)", state["keydist"])  # and the next update
+    assert pick.evaluate("e => e.dataset.mark") == "kept"               # the selector was not rebuilt
+    rows = panel.locator(".sage-whatif-table tbody tr")
+    assert rows.count() == 8
+    hot = rows.nth(partition("u42", 8)).locator("td").all_text_contents()
+    assert hot[0] == f"count[{partition('u42', 8)}]" and hot[3] == "'u42'" and int(hot[1]) >= 1600
+    assert panel.locator(".sage-whatif-title").inner_text().startswith("count over 8: skew 6.40")
+    panel.screenshot(path=str(ARTIFACTS / "inspector-what-if.png"))
+    assert page.problems == []
+
+
 # ----------------------------------------------------------------------------- step mode
 def step_wordcount(name: str):
     """The pipeline of notebooks/step_player.ipynb: same input and policy, same events."""

@@ -16,6 +16,7 @@ import pytest
 from test_inspector_fakes import HOSTILE, SCRIPT_END, FakeJob, decision, make_snapshot
 
 import sage_nb as snb
+from sage_nb.communication import partition
 from sage_nb.inspector import Inspector, widget
 from sage_nb.metrics import ErrorInfo
 from sage_nb.testing import wait_for
@@ -313,6 +314,33 @@ def test_pipeline_inspector_shows_the_plan_then_follows_its_job(no_leak, close_a
     job.wait(timeout=30)
     wait_for(lambda: w.status == "FINISHED" and w.summary["job_id"] == job.job_id, 3)
     assert w.summary["packets"] > 0
+    w.close()
+
+
+def test_what_if_is_asked_from_the_key_panel_and_shown_there(no_leak, close_all):
+    skewed = ["u42" if i % 5 else f"u{i % 8}" for i in range(2000)]
+    p = snb.Pipeline("insp-what-if")
+    p.from_iterable(skewed, name="events").key_by(str).map(str, name="count", parallelism=4).sink(name="out")
+    job = p.run().wait(timeout=30)
+    w = snb.Inspector(job)
+    close_all(w)
+    assert w.whatif == {}
+    w._handle_custom_msg({"type": "what_if", "operator": "count", "parallelism": 8}, [])  # the selector
+    expected = job.what_if("count", 8)
+    assert w.whatif["operator"] == "count" and w.whatif["parallelism"] == 8
+    assert [i["packets"] for i in w.whatif["instances"]] == list(expected.packets)
+    assert [i["name"] for i in w.whatif["instances"]] == [f"count[{i}]" for i in range(8)]
+    assert w.whatif["instances"][partition("u42", 8)]["hottest"] == "'u42'"
+    assert w.whatif["skew_text"] == f"{expected.skew:.2f}" and w.whatif["skew_level"] == "red"
+    # bad input from the browser is a notice, and what was shown stays
+    w._handle_custom_msg({"type": "what_if", "operator": "out", "parallelism": 2}, [])
+    assert "'out' is not behind key_by" in w.notice and w.whatif["parallelism"] == 8
+    w._handle_custom_msg({"type": "what_if", "operator": "count", "parallelism": 0}, [])
+    assert "parallelism must be an int >= 1, got 0" in w.notice
+    w._handle_custom_msg({"type": "what_if", "operator": "nope", "parallelism": 2}, [])
+    assert "no operator named 'nope'" in w.notice
+    with pytest.raises(ValueError, match="needs the job's key counts"):
+        Inspector(job.snapshot()).what_if("count", 2)
     w.close()
 
 

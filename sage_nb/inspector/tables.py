@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..communication.router import RoutingDecision
-from ..metrics import JobSnapshot
+from ..metrics import JobSnapshot, KeySpread
 from .palette import skew_level
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "routing_rows",
     "short_repr",
     "strategy_label",
+    "what_if_view",
 ]
 
 STRATEGY_NAMES = {"round_robin": "round-robin", "hash": "hash", "broadcast": "broadcast",
@@ -214,3 +215,21 @@ def key_distribution(snap: JobSnapshot, top: int = 3) -> list[dict[str, Any]]:
             } for n, v in counts.items()],
         })
     return tables
+
+
+def what_if_view(s: KeySpread, at: str = "") -> dict[str, Any]:
+    """A :class:`~sage_nb.metrics.KeySpread` as the key distribution panel shows it (``at``:
+    which keys, e.g. 'keys counted by 3.2 s')."""
+    total = sum(s.packets)
+    skew = s.skew
+    return {
+        "operator": s.operator, "parallelism": s.parallelism, "total": total,
+        "skew": None if skew is None else round(skew, 2),
+        "skew_text": "\N{EN DASH}" if skew is None else f"{skew:.2f}",
+        "skew_level": skew_level(skew),
+        "at": at,
+        "instances": [{"name": f"{s.operator}[{i}]", "packets": n,
+                       "share": round(n / total, 4) if total else 0.0,
+                       "hottest": short_repr(repr(key), 24) if n else ""}
+                      for i, (n, key) in enumerate(zip(s.packets, s.hottest, strict=True))],
+    }

@@ -27,7 +27,7 @@ from .history import LoadHistory, RateWindow
 from .palette import palette
 from .quiz import Quiz
 from .source import make_source
-from .tables import key_distribution, packet_path, routing_rows
+from .tables import key_distribution, packet_path, routing_rows, what_if_view
 from .updater import MAX_RATE, MIN_RATE, Registry, Updater
 from .view import VIEWS, error_view, graph_view, status_view
 
@@ -81,6 +81,7 @@ class Inspector(StepControls, anywidget.AnyWidget):
     graph = traitlets.Dict().tag(sync=True)
     rows: traitlets.List[Any] = traitlets.List().tag(sync=True)
     keydist: traitlets.List[Any] = traitlets.List().tag(sync=True)
+    whatif = traitlets.Dict().tag(sync=True)            # the spread asked for in the key panel, or {}
     status = traitlets.Unicode("").tag(sync=True)
     summary = traitlets.Dict().tag(sync=True)
     error = traitlets.Dict().tag(sync=True)
@@ -168,6 +169,8 @@ class Inspector(StepControls, anywidget.AnyWidget):
         try:
             if action in ("pause", "resume"):
                 self.pause() if action == "pause" else self.resume()
+            elif action == "what_if":
+                self.what_if(str(content.get("operator", "")), content.get("parallelism"))
             else:
                 self._step_message(str(action), content)
         except (TypeError, ValueError) as exc:     # shown, never raised into the kernel's log
@@ -187,6 +190,22 @@ class Inspector(StepControls, anywidget.AnyWidget):
         self._source.control("resume")
         if self.stepping:
             self._show()
+
+    def what_if(self, operator: str, parallelism: Any) -> None:
+        """Show in the key panel how the packets ``operator`` received so far would spread over
+        ``parallelism`` instances (``job.what_if``); the browser asks with the panel's selector.
+        Raises ``ValueError`` without a job to ask (a snapshot or a plan) or for bad input."""
+        job = self._source.job()
+        if job is None or not hasattr(job, "what_if"):
+            raise ValueError("what if needs the job's key counts: inspect a job, not a snapshot or a plan")
+        try:
+            spread = job.what_if(operator, parallelism)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        snap = self._snap
+        at = "" if snap is None else "the keys of the whole run" if snap.status in ENDED else \
+            f"the keys counted by {snap.elapsed:.1f} s"
+        self.whatif = what_if_view(spread, at)
 
     @property
     def snapshot(self) -> JobSnapshot | None:
@@ -255,6 +274,7 @@ class Inspector(StepControls, anywidget.AnyWidget):
             if self._snap is not None and snap.job_id != self._snap.job_id:
                 self._rates.reset()
                 self.packet = -1
+                self.whatif = {}   # (it was the previous job's)
             if self._snap is None and self._auto_view:
                 self.set_trait("view", "physical" if len(snap.tasks) <= AUTO_PHYSICAL_MAX else "logical")
             self._snap = snap

@@ -538,38 +538,82 @@ function drawLog(ui, model) {
 function drawKeys(ui, model) {
   const tables = model.get("keydist") || [];
   const box = ui.keys;
-  box.replaceChildren(h("h3", {}, "Key distribution"));
-  if (!tables.length) {
-    box.append(h("div", { class: "sage-hint" }, "No hash-partitioned operator in this pipeline."));
-    return;
+  // one section per operator, kept while the operators stay the same: only their contents are
+  // redrawn, so the "what if" selector is never rebuilt under the user's pointer
+  const ops = tables.map((t) => t.operator).join("\u0000");
+  if (ui.keyOps !== ops) {
+    ui.keyOps = ops;
+    ui.keySecs = new Map(tables.map((t) => [t.operator, keySection(model, t)]));
+    box.replaceChildren(h("h3", {}, "Key distribution"));
+    if (!tables.length) box.append(h("div", { class: "sage-hint" }, "No hash-partitioned operator in this pipeline."));
+    for (const sec of ui.keySecs.values()) box.append(sec.el);
   }
+  const w = model.get("whatif") || {};
   for (const t of tables) {
-    const sec = h("div", { class: "sage-keys-op", "data-operator": t.operator });
-    const title = h("div");
-    title.append(h("strong", {}, `${t.operator} `), h("span", { class: "sage-hint" }, `hash(${t.key_label}) · `),
-                 h("span", { class: "sage-skew", "data-level": t.skew_level, title: "max / mean packets per instance" },
-                   `skew ${t.skew_text}`));
-    const table = h("table", { class: "sage-table" });
-    const hr = h("tr");
-    for (const c of ["instance", "packets", "share", "top keys"]) hr.append(h("th", {}, c));
-    table.append(h("thead"), h("tbody"));
-    table.tHead.append(hr);
-    const most = Math.max(1, ...t.instances.map((i) => i.packets));
-    for (const i of t.instances) {
-      const row = h("tr");
-      const bar = h("div", { class: "sage-share" });
-      const fill = h("span");
-      fill.style.width = `${(100 * i.packets) / most}%`;
-      bar.append(fill);
-      const share = h("td");
-      share.append(bar);
-      row.append(h("td", {}, i.name), h("td", {}, i.packets), share,
-                 h("td", { class: "sage-topkeys" }, i.top_keys.map(([k, n]) => `${k} ×${n}`).join(", ")));
-      table.tBodies[0].append(row);
-    }
-    sec.append(title, table);
-    box.append(sec);
+    const sec = ui.keySecs.get(t.operator);
+    sec.head.replaceChildren(...keyTitle(t));
+    sec.table.replaceChildren(keyTable(["instance", "packets", "share", "top keys"], t.instances.map((i) =>
+      [i.name, i.packets, i.packets, i.top_keys.map(([k, n]) => `${k} ×${n}`).join(", ")])));
+    sec.result.replaceChildren(...(w.operator === t.operator ? whatIfResult(w) : []));
+    if (w.operator === t.operator && document.activeElement !== sec.pick) sec.pick.value = String(w.parallelism);
   }
+}
+
+function keySection(model, t) {
+  const el = h("div", { class: "sage-keys-op", "data-operator": t.operator });
+  const head = h("div");
+  const table = h("div");
+  const result = h("div", { class: "sage-whatif-result" });
+  // "what if": the keys counted so far spread over another parallelism (computed in Python on request)
+  const pick = h("select", { class: "sage-whatif-n", title: "spread the keys counted so far over n instances" });
+  pick.append(h("option", { value: "" }, "choose n"));
+  for (let n = 1; n <= Math.max(16, 2 * t.instances.length); n++) pick.append(h("option", { value: String(n) }, String(n)));
+  pick.addEventListener("change", () => {
+    if (pick.value) model.send({ type: "what_if", operator: t.operator, parallelism: Number(pick.value) });
+  });
+  const ask = h("div", { class: "sage-whatif" });
+  ask.append(h("span", {}, "what if parallelism were "), pick);
+  el.append(head, table, ask, result);
+  return { el, head, table, pick, result };
+}
+
+function keyTitle(t) {
+  return [h("strong", {}, `${t.operator} `), h("span", { class: "sage-hint" }, `hash(${t.key_label}) · `),
+          h("span", { class: "sage-skew", "data-level": t.skew_level, title: "max / mean packets per instance" },
+            `skew ${t.skew_text}`)];
+}
+
+// rows: [name, packets, bar value, text]; the bars are scaled to the largest value
+function keyTable(columns, rows) {
+  const table = h("table", { class: "sage-table" });
+  table.append(h("thead"), h("tbody"));
+  const hr = h("tr");
+  for (const c of columns) hr.append(h("th", {}, c));
+  table.tHead.append(hr);
+  const most = Math.max(1, ...rows.map((r) => r[2]));
+  for (const [name, packets, value, text] of rows) {
+    const bar = h("div", { class: "sage-share" });
+    const fill = h("span");
+    fill.style.width = `${(100 * value) / most}%`;
+    bar.append(fill);
+    const share = h("td");
+    share.append(bar);
+    const row = h("tr");
+    row.append(h("td", {}, name), h("td", {}, packets), share, h("td", { class: "sage-topkeys" }, text));
+    table.tBodies[0].append(row);
+  }
+  return table;
+}
+
+function whatIfResult(w) {
+  const title = h("div", { class: "sage-whatif-title" });
+  title.append(h("strong", {}, `${w.operator} over ${w.parallelism}: `),
+               h("span", { class: "sage-skew", "data-level": w.skew_level }, `skew ${w.skew_text}`),
+               h("span", { class: "sage-hint" }, ` ${w.at}`));
+  const table = keyTable(["instance", "packets", "share", "hottest key"],
+                         w.instances.map((i) => [i.name, i.packets, i.packets, i.hottest]));
+  table.classList.add("sage-whatif-table");
+  return [title, table];
 }
 
 function drawTimeline(ui, model) {
@@ -693,7 +737,7 @@ function render({ model, el }) {
     ["change:error", redraw.error],
     ["change:palette", redraw.legend],
     ["change:rows change:packet", redraw.log],
-    ["change:keydist", redraw.keys],
+    ["change:keydist change:whatif", redraw.keys],
     ["change:timeline", redraw.timeline],
   ];
   const handlers = [];
