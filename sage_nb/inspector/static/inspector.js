@@ -554,8 +554,9 @@ function drawKeys(ui, model) {
     sec.head.replaceChildren(...keyTitle(t));
     sec.table.replaceChildren(keyTable(["instance", "packets", "share", "top keys"], t.instances.map((i) =>
       [i.name, i.packets, i.packets, i.top_keys.map(([k, n]) => `${k} ×${n}`).join(", ")])));
-    sec.result.replaceChildren(...(w.operator === t.operator ? whatIfResult(w) : []));
-    if (w.operator === t.operator && document.activeElement !== sec.pick) sec.pick.value = String(w.parallelism);
+    const mine = w.operator === t.operator;
+    sec.result.replaceChildren(...(mine ? whatIfResult(w) : []));
+    if (document.activeElement !== sec.pick) sec.pick.value = mine ? String(w.parallelism) : "";
   }
 }
 
