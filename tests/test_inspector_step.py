@@ -364,3 +364,29 @@ json_values = st.recursive(
 def test_a_patch_turns_the_old_value_into_the_new(old, new):
     patch = player.diff(old, new)
     assert (old if patch is None else apply_patch(old, patch)) == new
+
+
+# ----------------------------------------------------------------------------- GIF
+def test_save_gif_animates_the_step_run_a_frame_per_position(close_all, tmp_path):
+    from PIL import Image, ImageChops
+
+    job = wordcount("insp-gif").run(backend="step")
+    job.run_to_end()
+    w = watch(close_all, job, view="physical")
+    out = w.save_gif(tmp_path / "deep" / "run.gif", fps=4, max_frames=6)
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.info["loop"] == 0
+        durations, frames = [], []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+            frames.append(im.convert("RGB"))
+    assert sum(durations) == 7 * 250            # positions 0..6 at 4 frames a second
+    assert len(frames) == 7                     # every step changes the caption at least
+    assert ImageChops.difference(frames[0], frames[6]).getbbox() is not None
+    assert w.stepper["position"] == len(job.recording())   # writing it moved nothing
+    with pytest.raises(ValueError, match="fps > 0 and max_frames >= 1"):
+        w.save_gif(tmp_path / "x.gif", fps=0)
+    threads_job = wordcount("insp-gif-threads").run().wait(timeout=30)
+    with pytest.raises(TypeError, match="stepping needs a step job"):
+        watch(close_all, threads_job).save_gif(tmp_path / "y.gif")

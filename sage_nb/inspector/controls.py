@@ -11,8 +11,10 @@ and reveals where it went, why, and the score.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import render
 from .events import breakpoint_view, event_view, stepper_view
 from .quiz import Quiz, ask, replay_entry, routes_next
 from .stepping import StepSource
@@ -223,12 +225,35 @@ class StepControls:
                 "rate": self.rate, "quiz": quiz}  # type: ignore[attr-defined]
         return meta, states, total
 
-    def _player_states(self) -> tuple[list[dict[str, Any]], int]:
-        """The view model at every recorded position (at most ``MAX_FRAMES`` steps), and how
-        many steps the recording holds; read from the recording, the job does not move."""
+    def save_gif(self, path: str | Path, *, fps: float = 2.0, max_frames: int = 200, dpi: int = 72) -> Path:
+        """Write an animated GIF of the step run, a frame per position from before the first step
+        (at most ``max_frames`` steps): the graph with its loads and states, the edges the step's
+        packets took in the path colour and what happened as the caption. For slides and pages
+        where the HTML player cannot run. Raises ``TypeError`` outside step mode and
+        ``ValueError`` for ``fps`` or ``max_frames`` below what makes a GIF."""
+        if not fps > 0 or type(max_frames) is not int or max_frames < 1:
+            raise ValueError(f"save_gif needs fps > 0 and max_frames >= 1, got fps={fps!r}, "
+                             f"max_frames={max_frames!r}")
+        states, total = self._player_states(max_frames)
+        name = self.title  # type: ignore[attr-defined]
+        pngs = []
+        for i, st in enumerate(states):
+            ev = st["event"]
+            caption = f"step {i}/{total}: {ev['title']}" if ev else f"step 0/{total}: before the first step"
+            summary = {"pipeline": name, "status": st["status"], "elapsed_text": caption}
+            pngs.append(render.graph_png(st["graph"], summary, self.palette,  # type: ignore[attr-defined]
+                                         path=[m["edge"] for m in ev.get("moves", ()) if m["edge"]], dpi=dpi))
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(render.gif(pngs, fps))
+        return out
+
+    def _player_states(self, limit: int = MAX_FRAMES) -> tuple[list[dict[str, Any]], int]:
+        """The view model at every recorded position (at most ``limit`` steps), and how many
+        steps the recording holds; read from the recording, the job does not move."""
         src = self._src()
         total = src.length
-        shown = min(total, MAX_FRAMES)
+        shown = min(total, limit)
         states = []
         rows: dict[int, tuple[RoutingDecision, dict[str, Any]]]  # (a declaration only)
         memo, rows = Memo(), {}      # frames share what a step did not change: build it once

@@ -223,3 +223,16 @@ def peaks_png(peaks: dict[str, float], *, dpi: int = 100, top: int = 12) -> byte
     ax.set_title("peak buffer load per queue (the run was over before it could be plotted over time)",
                  fontsize=10, loc="left", color=TEXT)
     return _png(fig, dpi)
+
+
+def gif(frames: Sequence[bytes], fps: float) -> bytes:
+    """PNG ``frames`` (all of one size) as an animated GIF at ``fps`` frames a second, looping
+    (Pillow, which matplotlib brings; a frame equal to the one before only lengthens it)."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(f)).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+              for f in frames]
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:],
+                   duration=round(1000 / fps), loop=0)
+    return out.getvalue()
