@@ -248,12 +248,13 @@ class StepControls:
         out.write_bytes(render.gif(pngs, fps))
         return out
 
-    def _player_states(self, limit: int = MAX_FRAMES) -> tuple[list[dict[str, Any]], int]:
-        """The view model at every recorded position (at most ``limit`` steps), and how many
-        steps the recording holds; read from the recording, the job does not move."""
+    def _player_states(self, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The view model at every recorded position (at most ``limit`` steps, default
+        ``MAX_FRAMES``), and how many steps the recording holds; read from the recording, the
+        job does not move."""
         src = self._src()
         total = src.length
-        shown = min(total, limit)
+        shown = min(total, MAX_FRAMES if limit is None else limit)
         states = []
         rows: dict[int, tuple[RoutingDecision, dict[str, Any]]]  # (a declaration only)
         memo, rows = Memo(), {}      # frames share what a step did not change: build it once
