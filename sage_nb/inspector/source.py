@@ -1,8 +1,8 @@
 """What an inspector watches: a job, a pipeline (its newest job, else its compiled plan) or a snapshot.
 
-A source only ever calls ``job.snapshot()`` (plus ``pause()`` / ``resume()`` when the user
-asks, and ``breakpoint_hit`` / ``queue_contents()`` while a breakpoint holds the job): the
-inspector never touches a queue or a task. Step jobs and recordings have their own source,
+A source only ever calls ``job.snapshot()`` (plus ``pause()`` / ``resume()`` and the key
+panel's ``what_if()`` when the user asks, and ``breakpoint_hit`` / ``queue_contents()`` while a
+breakpoint holds the job): the inspector never touches a queue or a task. Step jobs and recordings have their own source,
 :class:`~sage_nb.inspector.stepping.StepSource`.
 """
 
