@@ -16,6 +16,12 @@ def _demo(args: argparse.Namespace) -> int:
     inspector = Inspector(job)  # records the load history for the report's timeline
     job.wait(timeout=120)
     print(report(job.snapshot()))
+    now = len(job.plan.instances("count"))
+    print(f"\nwhat if 'count' had another parallelism (this run's keys spread again, as key_by would; "
+          f"it has {now}):")
+    for n in (2, 6):
+        s = job.what_if("count", n)
+        print(f"  {n} instances: packets {list(s.packets)}, skew {s.skew:.2f} (max / mean)")
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         path = inspector.save_html(Path(args.html))

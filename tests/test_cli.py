@@ -38,6 +38,7 @@ def test_sage_nb_demo_command_prints_the_table_and_writes_the_report(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sage_nb.cli", "demo", "--html", str(html)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "connection" in out and "peak load" in out and "key -> instance" in out
+    assert "what if 'count' had another parallelism" in out and "  6 instances: packets [" in out
     assert f"HTML report (graph, routing log, key distribution, timeline): {html}" in out
     page = html.read_text()
     assert "split[0]" in page and "FINISHED" in page
