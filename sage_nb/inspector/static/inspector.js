@@ -553,7 +553,7 @@ function drawKeys(ui, model) {
     const sec = ui.keySecs.get(t.operator);
     sec.head.replaceChildren(...keyTitle(t));
     sec.table.replaceChildren(keyTable(["instance", "packets", "share", "top keys"], t.instances.map((i) =>
-      [i.name, i.packets, i.packets, i.top_keys.map(([k, n]) => `${k} ×${n}`).join(", ")])));
+      [i.name, i.packets, i.top_keys.map(([k, n]) => `${k} ×${n}`).join(", ")])));
     const mine = w.operator === t.operator;
     sec.result.replaceChildren(...(mine ? whatIfResult(w) : []));
     if (document.activeElement !== sec.pick) sec.pick.value = mine ? String(w.parallelism) : "";
@@ -584,18 +584,18 @@ function keyTitle(t) {
             `skew ${t.skew_text}`)];
 }
 
-// rows: [name, packets, bar value, text]; the bars are scaled to the largest value
+// rows: [name, packets, text]; the share bars are scaled to the largest packet count
 function keyTable(columns, rows) {
   const table = h("table", { class: "sage-table" });
   table.append(h("thead"), h("tbody"));
   const hr = h("tr");
   for (const c of columns) hr.append(h("th", {}, c));
   table.tHead.append(hr);
-  const most = Math.max(1, ...rows.map((r) => r[2]));
-  for (const [name, packets, value, text] of rows) {
+  const most = Math.max(1, ...rows.map((r) => r[1]));
+  for (const [name, packets, text] of rows) {
     const bar = h("div", { class: "sage-share" });
     const fill = h("span");
-    fill.style.width = `${(100 * value) / most}%`;
+    fill.style.width = `${(100 * packets) / most}%`;
     bar.append(fill);
     const share = h("td");
     share.append(bar);
@@ -612,7 +612,7 @@ function whatIfResult(w) {
                h("span", { class: "sage-skew", "data-level": w.skew_level }, `skew ${w.skew_text}`),
                h("span", { class: "sage-hint" }, ` ${w.at}`));
   const table = keyTable(["instance", "packets", "share", "hottest key"],
-                         w.instances.map((i) => [i.name, i.packets, i.packets, i.hottest]));
+                         w.instances.map((i) => [i.name, i.packets, i.hottest]));
   table.classList.add("sage-whatif-table");
   return [title, table];
 }
