@@ -3,19 +3,21 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
+# the versions the tests last passed with (make lock renews them)
+PINS   := -c constraints.txt
 
-.PHONY: demo test test-fast lint bench lab clean
+.PHONY: demo test test-fast lint bench lab lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -U pip
 
-$(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+$(VENV)/.core: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install $(PINS) -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev]'
+$(VENV)/.dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install $(PINS) -e '.[dev]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core           ## run the demo pipeline on threads: routing and buffer load
@@ -32,8 +34,8 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check sage_nb tests benchmarks
 	$(BIN)/mypy
 
-$(VENV)/.bench: pyproject.toml | $(VENV)/.dev
-	$(PIP) install -e '.[dev,bench]'
+$(VENV)/.bench: pyproject.toml constraints.txt | $(VENV)/.dev
+	$(PIP) install $(PINS) -e '.[dev,bench]'
 	touch $@
 
 bench: $(VENV)/.bench         ## throughput/latency against the raw references and the peers; then Ray's
@@ -42,6 +44,12 @@ bench: $(VENV)/.bench         ## throughput/latency against the raw references a
 
 lab: $(VENV)/.dev             ## open the course in JupyterLab
 	$(BIN)/jupyter lab notebooks/
+
+lock:                         ## re-resolve the newest versions pyproject allows into constraints.txt
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip -q --disable-pip-version-check install -e '.[dev,bench]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
