@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .compiler import ExecutionGraph
-from .errors import BackendError, GraphError, JobFailed, SageError, ServiceError
+from .errors import (
+    BackendError,
+    GraphError,
+    JobFailed,
+    SageError,
+    ServiceError,
+    StallError,
+    StallWarning,
+)
 from .graph import Pipeline
 from .runtime.job import Job, JobStatus
 from .runtime.manager import JobManager
@@ -34,6 +42,8 @@ __all__ = [
     "Pipeline",
     "SageError",
     "ServiceError",
+    "StallError",
+    "StallWarning",
     "compile",
     "jobs",
     "load_recording",

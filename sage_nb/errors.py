@@ -14,6 +14,8 @@ __all__ = [
     "ProtocolError",
     "SageError",
     "ServiceError",
+    "StallError",
+    "StallWarning",
 ]
 
 
@@ -43,6 +45,16 @@ class ProtocolError(SageError):
 
 class ServiceError(SageError):
     """A service call failed: unknown service, the service raised, or no reply in time."""
+
+
+class StallError(SageError):
+    """Nothing moved in a job for ``stall_timeout`` seconds while an instance waited for room
+    in a full queue (``p.run(stall_timeout=...)``): a deadlock, or a function that hangs."""
+
+
+class StallWarning(UserWarning):
+    """A running job has not moved for 10 s while an instance waits for room in a full queue
+    (once per stall; ``warnings.simplefilter("ignore", snb.StallWarning)`` silences it)."""
 
 
 class JobFailed(SageError):

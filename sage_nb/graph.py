@@ -285,7 +285,10 @@ class Pipeline:
         Options: the compile options (``queue_maxsize``, ``job_id``, …, see ``compile``; on
         threads with batching the queues hold 16 batches unless ``queue_maxsize`` is given),
         ``put_timeout`` (seconds a full queue may block a delivery before the job fails),
-        ``paused`` (start paused, e.g. to set breakpoints first), and micro-batching:
+        ``paused`` (start paused, e.g. to set breakpoints first), ``stall_timeout`` (seconds;
+        a job in which nothing moved that long while an instance waited for room in a full
+        queue fails with :class:`~sage_nb.errors.StallError`; by default such a job only warns,
+        once, after 10 s: see ``job.stall``), and micro-batching:
 
         - ``batch_size`` (default 1024): packets travel between tasks in batches of up to this
           many per connection (never more than the receiving queue holds). Routing stays per

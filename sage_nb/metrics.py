@@ -157,6 +157,7 @@ class TaskSnapshot:
     last_packets: tuple[str, ...] = ()           # reprs of the latest payloads received
     error: str | None = None
     unprocessed: int = 0      # taken from the queue but never processed (cancelled or failed)
+    in_bundle: int = 0        # items of the bundle in user code now given to the function so far
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class JobSnapshot:
     trace_skipped: int = 0
     error: ErrorInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stall: str | None = None  # "nothing moved for 12 s: …" while the job stalls (Job.stall)
 
     def task(self, name: str) -> TaskSnapshot:
         return next(t for t in self.tasks if t.name == name)

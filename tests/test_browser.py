@@ -232,7 +232,8 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
     sent = {f"src[0]->count[{i}]": n for i, n in enumerate((40, 95, 60, 180))}
     running = Inspector(make_snapshot(trace=[decision(7, "src[0]", "count", "hash", key="a")], sent=sent,
                                       used={"count[1]": 72, "count[3]": 90}, states={"src[0]": "backpressured"},
-                                      top_keys={"count[3]": (("'the'", 120), ("'a'", 40))}), view="logical")
+                                      top_keys={"count[3]": (("'the'", 120), ("'a'", 40))},
+                                      stall=f"nothing moved for 12 s: {HOSTILE}[0] waits"), view="logical")
     state = running.get_state()
     report = running.save_html(Path(tempfile.mkdtemp()) / "running.html")
     running.close()
@@ -245,6 +246,7 @@ def test_widget_js_draws_states_controls_and_keeps_names_as_text(page):
     assert marked.locator(".sage-bottleneck-ring").count() == 1
     assert marked.locator("text.sage-bottleneck-text").text_content() == "bottleneck"
     assert "likely bottleneck" in root.locator(".sage-legend").inner_text()
+    assert root.locator(".sage-notice").inner_text() == f"Stalled: nothing moved for 12 s: {HOSTILE}[0] waits"
     root.locator(".sage-pause").click()
     root.locator("button[data-view='physical']").click()
     root.locator(".sage-rate").select_option("2")

@@ -38,7 +38,8 @@ def make_snapshot(*, ops: Sequence[tuple[str, str, int]] = OPS,
                   stops: dict[str, tuple[int, int]] | None = None,
                   top_keys: dict[str, tuple[tuple[str, int], ...]] | None = None,
                   blocked: dict[str, float] | None = None,
-                  trace: Sequence[RoutingDecision] = (), error: ErrorInfo | None = None) -> JobSnapshot:
+                  trace: Sequence[RoutingDecision] = (), error: ErrorInfo | None = None,
+                  stall: str | None = None) -> JobSnapshot:
     """A snapshot of ``ops`` (name, kind, parallelism) joined by ``edges`` (all-to-all per edge).
 
     ``used``: queue fill per instance; ``sent``: packets per connection id ``"a[0]->b[1]"``.
@@ -69,7 +70,7 @@ def make_snapshot(*, ops: Sequence[tuple[str, str, int]] = OPS,
                 top_keys.get(inst, ()), ("'w1'", "'w2'"), None))
     operators = tuple(OperatorSnapshot(n, kinds[n], len(instances[n]), instances[n]) for n, _, _ in ops)
     return JobSnapshot(job_id, "fakepipe", "threads", status, elapsed, operators, tuple(edges), tuple(tasks),
-                       tuple(conns), tuple(trace), 0, error)
+                       tuple(conns), tuple(trace), 0, error, stall=stall)
 
 
 def decision(seq: int, sender: str, group: str, strategy: str, *, key: Any = None, size: int = 4,

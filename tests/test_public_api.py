@@ -10,8 +10,8 @@ import sage_nb
 def test_all_is_pinned():
     assert sorted(sage_nb.__all__) == sorted([
         "END", "BackendError", "ExecutionGraph", "GraphError", "Inspector", "Job", "JobFailed",
-        "JobStatus", "Pipeline", "SageError", "ServiceError", "compile", "jobs", "load_recording", "run",
-        "stop_all",
+        "JobStatus", "Pipeline", "SageError", "ServiceError", "StallError", "StallWarning", "compile",
+        "jobs", "load_recording", "run", "stop_all",
     ])
 
 

@@ -67,8 +67,8 @@ def test_t22_rerunning_the_cell_replaces_the_previous_job(backend, no_leak):
     for old in jobs[:-1]:
         assert job_threads(old) == []
     if backend == "threads":
-        # one thread per instance, and the job's linger flusher when it batches
-        per_job = len(jobs[-1].plan.contexts) + (jobs[-1].runner.flusher is not None)
+        # one thread per instance, the job's linger flusher when it batches, and its stall watch
+        per_job = len(jobs[-1].plan.contexts) + (jobs[-1].runner.flusher is not None) + 1
         wait_for(lambda: threading.active_count() == baseline + per_job, timeout=2)
     _wait_flowing(jobs[-1])
 

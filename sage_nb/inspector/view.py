@@ -326,7 +326,7 @@ def status_view(snap: JobSnapshot) -> dict[str, Any]:
             "backend": snap.backend, "elapsed": round(snap.elapsed, 2),
             "elapsed_text": f"{snap.elapsed:.1f} s", "instances": len(snap.tasks),
             "finished": finished, "packets": packets, "trace_skipped": snap.trace_skipped,
-            "meta": " · ".join(f for f in facts if f)}
+            "meta": " · ".join(f for f in facts if f), "stall": snap.stall or ""}
 
 
 def error_view(snap: JobSnapshot) -> dict[str, Any]:

@@ -122,6 +122,10 @@ class Dispatcher:
             self._timer.daemon = True
             self._timer.start()
 
+    def fail(self, instance: str, exc: BaseException) -> None:
+        """Fail the job in ``instance`` from outside its thread (the stall watch)."""
+        self.task_failed(self.tasks[instance], exc, None)
+
     def task_exited(self, task: BaseTask) -> None:
         with self._lock:
             self._remaining -= 1
@@ -196,7 +200,7 @@ class Dispatcher:
                 stats.get(qid),  # type: ignore[arg-type]  # (None: a source, no input queue)
                 qid, t.top_keys(), t.last_packets(),
                 None if t.error is None else f"{type(t.error).__name__}: {t.error}",
-                t.unprocessed()))
+                t.unprocessed(), t.in_bundle()))
         return tuple(out)
 
     def connection_snapshots(self, stats: dict[str, QueueStats]) -> tuple[ConnectionSnapshot, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from ..metrics import (
 )
 from .debug import DebugControls
 from .dispatcher import Dispatcher
+from .stall import POLL, STALL_AFTER, Stall, StallError, StallWatch, check_stall_timeout, warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compiler import ExecutionGraph
@@ -58,9 +60,15 @@ class Job(DebugControls):
     """
 
     def __init__(self, plan: ExecutionGraph, backend: str = "threads", *, paused: bool = False,
-                 **options: Any) -> None:
+                 stall_timeout: float | None = None, **options: Any) -> None:
         self.plan = plan
         self.backend = backend
+        if backend == "step" and stall_timeout is not None:
+            raise BackendError("stall_timeout= applies to backend='threads' and 'ray', not 'step' "
+                               "(a step job moves only when it is stepped)")
+        self.stall_timeout = check_stall_timeout(stall_timeout)
+        self.stall: Stall | None = None  # nothing moved for a while, an instance waiting for room
+        self._watcher: threading.Thread | None = None
         self.runner = _make_runner(plan, backend, **options)
         if paused:  # e.g. to set breakpoints before the first packet moves
             self.runner.control.pause()
@@ -98,7 +106,26 @@ class Job(DebugControls):
     # ------------------------------------------------------------------ control
     def start(self) -> Job:
         self.runner.start()
+        if self.backend != "step":
+            self._watcher = threading.Thread(target=self._watch_stalls, name=f"sage-nb:{self.job_id}:stall-watch",
+                                             daemon=True)
+            self._watcher.start()
         return self
+
+    def _watch_stalls(self) -> None:
+        """Read the job every ``POLL`` seconds while it runs: warn once a stall lasts
+        ``STALL_AFTER`` seconds, fail the job once it lasts ``stall_timeout`` (see ``stall``)."""
+        watch, warned = StallWatch(), False
+        while not self.runner.done.wait(POLL) and self.status is JobStatus.RUNNING:
+            self.stall = stall = watch.observe(self.snapshot(), time.monotonic())
+            if stall is None:
+                warned = False
+            elif self.stall_timeout is not None and stall.seconds >= self.stall_timeout:
+                self.runner.fail(stall.culprit, StallError(f"{stall}. {stall.advice()}"))
+                return
+            elif not warned and stall.seconds >= STALL_AFTER:
+                warned = True
+                warn(stall)
 
     def wait(self, timeout: float | None = None) -> Job:
         """Block until the job ends; raise :class:`JobFailed` if it failed.
@@ -114,7 +141,8 @@ class Job(DebugControls):
                 if self.status is not JobStatus.RUNNING:  # failed or cancelled: threads winding down
                     break
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"job {self.job_id!r} still running after {timeout} s; "
+                    stalled = f" ({self.stall})" if self.stall is not None else ""
+                    raise TimeoutError(f"job {self.job_id!r} still running after {timeout} s{stalled}; "
                                        f"call job.stop() to end it")
         except KeyboardInterrupt:
             self.stop(drain=False)
@@ -165,7 +193,10 @@ class Job(DebugControls):
             self.wait()
 
     def _join(self, timeout: float) -> list[str]:
-        return self.runner.join(timeout)
+        alive = self.runner.join(timeout)
+        if self._watcher is not None and self.runner.done.is_set():
+            self._watcher.join(timeout)
+        return alive
 
     def _raise_if_failed(self) -> None:
         r = self.runner
@@ -232,7 +263,8 @@ class Job(DebugControls):
             max(0.0, end - r.started) if r.started else 0.0,
             _operators(self.plan), _logical_edges(self.plan, self.backend == "threads"),
             r.task_snapshots(stats),
-            r.connection_snapshots(stats), r.trace.latest(), r.trace.skipped, r.error)
+            r.connection_snapshots(stats), r.trace.latest(), r.trace.skipped, r.error,
+            stall=None if self.stall is None else str(self.stall))
 
 
 def _make_runner(plan: ExecutionGraph, backend: str, **options: Any) -> Any:

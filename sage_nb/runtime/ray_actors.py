@@ -268,6 +268,7 @@ class TaskActor:
                 "packets_out": sum(s for s, _ in conns), "busy": t.busy_time,
                 "blocked": r.blocked_time, "stops": t.stops_received, "top_keys": top,
                 "last": t.last_packets(), "conns": conns, "unprocessed": t.unprocessed(),
+                "in_bundle": t.in_bundle(),
                 "error": None if t.error is None else f"{type(t.error).__name__}: {t.error}"}
 
 

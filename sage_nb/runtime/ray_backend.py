@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import threading
 import time
+import traceback
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -205,6 +206,12 @@ class RayDispatcher(RayWatcher, RayReadings):
         return sorted(self._running)
 
     # ------------------------------------------------------------------ failures and the end
+    def fail(self, instance: str, exc: BaseException) -> None:
+        """Fail the job in ``instance`` from the driver (the stall watch)."""
+        self._fail({"node": self.plan.contexts[instance].operator, "instance": instance,
+                    "message": f"{type(exc).__name__}: {exc}", "packet": None,
+                    "traceback": "".join(traceback.format_exception(exc))}, exc)
+
     def _fail(self, info: dict[str, Any], exc: BaseException | None = None,
               cancel_now: bool = False) -> None:
         """Record the first failure; then cancel now, or stop the sources and let in-flight

@@ -99,7 +99,7 @@ class RayReadings:
                 ctx.stop_signal_num,
                 stats.get(qid),  # type: ignore[arg-type]  # (None: a source, no input queue)
                 qid, tuple(map(tuple, r.get("top_keys", ()))),
-                tuple(r.get("last", ())), r.get("error"), r.get("unprocessed", 0)))
+                tuple(r.get("last", ())), r.get("error"), r.get("unprocessed", 0), r.get("in_bundle", 0)))
         return tuple(out)
 
     def connection_snapshots(self, stats: dict[str, QueueStats]) -> tuple[ConnectionSnapshot, ...]:

@@ -452,6 +452,11 @@ class BaseTask(SourceLoop, BundlePath, ChainedTask):
         """Packets this instance took from its queue but never processed (cancel or failure)."""
         return self.discarded + _count(self._leftover)
 
+    def in_bundle(self) -> int:
+        """Items of the bundle in user code now that the function was given so far (it moves
+        while a slow function works through a bundle; the stall watch reads it)."""
+        return self._at_end - self._at_item.__length_hint__()  # type: ignore[attr-defined]
+
     def top_keys(self, n: int = 5) -> tuple[tuple[str, int], ...]:
         items = sorted(self.key_counts.items(), key=lambda kv: -kv[1])[:n]
         return tuple((repr(k), c) for k, c in items)

@@ -336,7 +336,8 @@ function drawHeader(ui, model) {
   }
   ui.rate.title = stepping ? "Play speed: steps per second" : "updates per second";
   ui.rate.value = String(Math.round(model.get("rate")));
-  ui.notice.textContent = model.get("notice") || "";
+  // an action that failed, else a stall of the running job (nothing moved, an instance waiting)
+  ui.notice.textContent = model.get("notice") || (sum.stall ? `Stalled: ${sum.stall}` : "");
 }
 
 // ------------------------------------------------------------------ step mode
