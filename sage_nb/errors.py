@@ -16,6 +16,7 @@ __all__ = [
     "ServiceError",
     "StallError",
     "StallWarning",
+    "error_line",
 ]
 
 
@@ -71,3 +72,17 @@ class JobFailed(SageError):
         self.instance = instance
         self.packet = packet
         self.traceback_text = traceback_text
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: message`` of ``exc``, as error reports show it; never raises (a user exception
+    whose ``__str__`` raises still gets reported).
+
+    >>> error_line(ValueError("bad item"))
+    'ValueError: bad item'
+    """
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<its str() raised>"
+    return f"{type(exc).__name__}: {text}"

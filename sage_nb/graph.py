@@ -374,7 +374,9 @@ class Stream(_Operators):
         return Stream(self.pipeline, self.node, {**self.edge, "strategy": "hash", "key": key})
 
     def broadcast(self) -> Stream:
-        """Send every item to every instance of the next operator."""
+        """Send every item to every instance of the next operator (on threads and step, the same
+        object to each: a function that changes its input in place changes it for the others;
+        return a new value instead)."""
         return Stream(self.pipeline, self.node, {**self.edge, "strategy": "broadcast"})
 
     def rebalance(self) -> Stream:

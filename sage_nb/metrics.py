@@ -20,6 +20,7 @@ from operator import attrgetter
 from typing import Any
 
 from .communication.local_queue import QueueStats
+from .communication.packet import safe_repr
 from .communication.partition import partition
 from .communication.router import RoutingDecision
 
@@ -121,8 +122,8 @@ def packet_text(packet: Any) -> str | None:
     if packet is None:
         return None
     if hasattr(packet, "seq"):
-        return f"#{packet.seq} {packet.payload!r:.200}"
-    return f"{packet!r:.200}"
+        return f"#{packet.seq} {safe_repr(packet.payload, 200)}"
+    return safe_repr(packet, 200)
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ def is_bottleneck(t: TaskSnapshot, state: str | None = None, held: bool = False)
 
 def _decision_dict(e: RoutingDecision) -> dict[str, Any]:
     return {"seq": e.seq, "sender": e.sender, "group": e.group, "strategy": e.strategy,
-            "key": None if e.strategy == "round_robin" else repr(e.key), "hash": e.hash_value,
+            "key": None if e.strategy == "round_robin" else safe_repr(e.key), "hash": e.hash_value,
             "group_size": e.group_size, "chosen": list(e.chosen), "targets": list(e.targets),
             "rr_before": e.rr_before, "rr_after": e.rr_after, "time": e.time, "payload": e.payload,
             "explain": e.explain()}

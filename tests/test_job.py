@@ -170,13 +170,37 @@ def test_snapshot_is_frozen_and_complete(no_leak):
 
 def test_rerunning_a_pipeline_stops_its_previous_job(no_leak):
     jobs = []
-    for _ in range(3):
+    for i in range(3):
         p = snb.Pipeline("rerun")
         p.from_source(itertools.count).sink(lambda x: None, name="out")
-        jobs.append(p.run())
+        if i:  # not silently: two pipelines named alike (unnamed ones) would stop each other
+            with pytest.warns(RuntimeWarning, match=rf"stopped job 'rerun-{i}': a job of pipeline 'rerun' "
+                                                    rf"started \('rerun-{i + 1}'\); give pipelines different"):
+                jobs.append(p.run())
+        else:
+            jobs.append(p.run())
     assert [j.status for j in jobs] == [snb.JobStatus.CANCELLED] * 2 + [snb.JobStatus.RUNNING]
     assert snb.jobs() == [jobs[-1]]
     assert snb.stop_all() == 1
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_a_function_of_the_job_can_stop_it(backend, drain, no_leak):
+    needs_shared_state(backend)  # (the job handle lives in this process)
+    box: dict[str, snb.Job] = {}
+    started = threading.Event()
+
+    def enough(x):
+        if x == 100 and started.wait(10):
+            box["job"].stop(drain=drain)
+
+    p = snb.Pipeline("stop-inside")
+    p.from_source(itertools.count, name="src").sink(enough, name="out")
+    box["job"] = job = p.run(backend=backend, queue_maxsize=64)
+    started.set()
+    job.wait(30)  # no JobFailed: the sink asked for the end
+    assert job.status is (snb.JobStatus.FINISHED if drain else snb.JobStatus.CANCELLED)
+    assert job.snapshot().task("out[0]").packets_in >= 101
 
 
 # --------------------------------------------------------------------------- what if
@@ -217,3 +241,14 @@ def test_what_if_repartitions_the_keys_counted_so_far(backend, tmp_path):
         job.key_counts("nope")
     with pytest.raises(ValueError, match="parallelism must be an int >= 1, got 0"):
         job.what_if("count", 0)
+
+
+def test_a_misspelt_run_option_is_named_with_the_fix():
+    p = snb.Pipeline("typo")
+    p.from_iterable(range(3)).sink(name="out")
+    with pytest.raises(snb.BackendError, match=r"unknown run option 'queue_max_size' \(did you mean "
+                                               r"'queue_maxsize'\?\); the options are batch_size, chain, "):
+        p.run(queue_max_size=8)
+    with pytest.raises(snb.BackendError, match=r"unknown run option 'colour'; the options are"):
+        snb.run(p.graph, colour="red")
+    assert snb.jobs() == []

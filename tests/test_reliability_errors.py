@@ -190,3 +190,38 @@ def test_t20_base_exceptions_in_user_code_fail_the_job(backend, no_leak, exc):
     assert (e.node, e.instance) == ("boom", "boom[0]") and type(exc).__name__ in str(e)
     assert job.error is not None and job.error.message.startswith(type(exc).__name__)
     assert job.results("out") == list(range(5))
+
+
+# --------------------------------------------------------------------------- user reprs
+class _NoRepr:
+    """A payload whose repr raises: the runtime shows it by its type, never fails on it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _fail_on_3(x: _NoRepr) -> _NoRepr:
+    if x.n == 3:
+        raise ValueError("item 3")
+    return x
+
+
+def test_a_payload_whose_repr_raises_neither_fails_nor_hides_a_failure(backend, no_leak):
+    p = snb.Pipeline("no-repr")
+    p.from_iterable([_NoRepr(i) for i in range(6)], name="src").key_by(lambda x: x.n % 2) \
+        .map(lambda x: x, name="m", parallelism=2).sink(name="out")
+    job = p.run(backend=backend).wait(WAIT)  # traced, counted, shown in snapshots: no repr needed
+    assert sorted(x.n for x in job.results("out")) == list(range(6))
+    shown = [t.last_packets for t in job.snapshot().tasks if t.last_packets]
+    assert shown and all(s == "<_NoRepr object: its repr raised RuntimeError>" for row in shown for s in row)
+
+    p = snb.Pipeline("no-repr-fails")
+    p.from_iterable([_NoRepr(i) for i in range(6)], name="src").map(_fail_on_3, name="m").sink(name="out")
+    job = p.run(backend=backend)
+    with pytest.raises(snb.JobFailed, match=r"m\[0\] \('m'\) raised on packet .*<_NoRepr object: its repr "
+                                            r"raised RuntimeError>: ValueError: item 3") as info:
+        job.wait(WAIT)
+    assert job.error.message == "ValueError: item 3" and isinstance(info.value.__cause__, ValueError)

@@ -477,21 +477,26 @@ def test_the_flusher_routes_what_a_source_kept_while_its_code_blocks_mid_slice()
     assert r.kept_count() == 3 and not r.slicing
 
 
-class _BadRepr:
-    def __repr__(self) -> str:
-        raise ValueError("no repr for you")
+class _BrokenTracer(ListTracer):
+    """A tracer that fails on its first decision, once."""
+
+    def record(self, decision) -> None:
+        if not self.decisions:
+            self.decisions.append(decision)
+            raise ValueError("no trace for you")
+        super().record(decision)
 
 
 def test_an_error_while_the_flusher_routes_is_reported_with_its_router_not_lost():
-    """The routing trace reads a payload's repr: when that raises in the flusher's thread, the
-    flusher tells the job (which fails naming the source) and goes on."""
+    """When routing raises in the flusher's thread (here the trace), the flusher tells the job
+    (which fails naming the source) and goes on."""
     g = group(0, "m", "round_robin", 1)
     r = router(g, batch_size=100)
-    r.tracer = ListTracer()
+    r.tracer = _BrokenTracer()
     errors: list[tuple[BaseRouter, BaseException]] = []
     with flushing(r, failed=lambda router, exc: errors.append((router, exc))):
-        r.gatherer()(_BadRepr())
+        r.gatherer()("first")
         wait_for(lambda: errors, timeout=5)
         r.send(Packet("after"))  # the flusher still ships
         wait_for(lambda: g.connections[0].packets_sent == 1, timeout=5)
-    assert errors[0][0] is r and str(errors[0][1]) == "no repr for you"
+    assert errors[0][0] is r and str(errors[0][1]) == "no trace for you"

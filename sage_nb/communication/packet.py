@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import compress, islice
 from typing import Any
 
-__all__ = ["STRATEGIES", "Bundle", "Packet", "Picked", "StopSignal"]
+__all__ = ["STRATEGIES", "Bundle", "Packet", "Picked", "StopSignal", "safe_repr"]
 
 STRATEGIES = ("round_robin", "hash", "broadcast")
 _UNSET: Any = object()
@@ -126,6 +126,23 @@ class Packet:
     def __repr__(self) -> str:
         key = f" key={self.partition_key!r}/{self.partition_strategy}" if self.is_keyed() else ""
         return f"Packet(#{self.seq} {self.payload!r} input={self.input_index}{key})"
+
+
+
+def safe_repr(value: Any, limit: int | None = None) -> str:
+    """``repr(value)``, cut to ``limit`` characters; a stand-in naming the type if that repr
+    raises (a user object's repr never fails a job, an error report or a snapshot).
+
+    >>> class Odd:
+    ...     def __repr__(self): raise RuntimeError("no")
+    >>> safe_repr(Odd()), safe_repr("abcdef", 3)
+    ('<Odd object: its repr raised RuntimeError>', "'ab")
+    """
+    try:
+        text = repr(value)
+    except Exception as exc:
+        text = f"<{type(value).__name__} object: its repr raised {type(exc).__name__}>"
+    return text if limit is None else text[:limit]
 
 
 def _rebuild(payload, input_index, key, strategy, seq, created) -> Packet:

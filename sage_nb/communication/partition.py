@@ -22,6 +22,8 @@ import math
 import numbers
 from typing import Any
 
+from .packet import safe_repr
+
 __all__ = ["SUPPORTED_KEY_TYPES", "partition", "stable_hash"]
 
 SUPPORTED_KEY_TYPES = "str, bytes, int, float, bool, None or tuples of them"
@@ -57,7 +59,7 @@ def _encode(key: Any, out: bytearray) -> None:
     elif isinstance(key, numbers.Real):  # NumPy floats, Fraction
         _encode(float(key), out)
     else:
-        raise TypeError(f"cannot hash-partition a key of type {type(key).__name__} ({key!r:.60}); keys "
+        raise TypeError(f"cannot hash-partition a key of type {type(key).__name__} ({safe_repr(key, 60)}); keys "
                         f"must be {SUPPORTED_KEY_TYPES} (a list can become a tuple)")
 
 

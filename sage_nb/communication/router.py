@@ -34,7 +34,7 @@ from ..errors import Cancelled, DeliveryError, ProtocolError
 from .connection import Connection
 from .gathering import Gatherer
 from .local_queue import QueueShutDown
-from .packet import Packet, StopSignal
+from .packet import Packet, StopSignal, safe_repr
 from .partition import partition, stable_hash
 from .shipping import OWNERS_CACHE, Shipper, capacity
 
@@ -82,7 +82,7 @@ class RoutingDecision:
 
     def explain(self) -> str:
         if self.strategy == "hash":
-            return f"hash({self.key!r:.40}) = 0x{self.hash_value:016x}"[:-12] + \
+            return f"hash({safe_repr(self.key, 40)}) = 0x{self.hash_value:016x}"[:-12] + \
                 f"… mod {self.group_size} = {self.chosen[0]}"
         if self.strategy == "round_robin":
             return f"round-robin counter {self.rr_before} → {self.rr_after}"
@@ -377,7 +377,7 @@ class BaseRouter(Shipper, Gatherer):
             seq, self.name, g.target, strategy, key,
             stable_hash(key) if strategy == "hash" else None, len(g.connections),
             tuple(c.parallel_index for c in targets), tuple(c.target_name for c in targets),
-            before, None if before is None else self.rr[g.index], time.time(), f"{payload!r:.60}"))
+            before, None if before is None else self.rr[g.index], time.time(), safe_repr(payload, 60)))
 
     def get_connections_info(self) -> dict[str, Any]:
         return {g.target: {"strategy": g.strategy, "round_robin_position": self.rr[g.index],

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..communication.packet import safe_repr
 from ..communication.router import RoutingDecision
 from ..metrics import JobSnapshot, KeySpread
 from .palette import skew_level
@@ -37,7 +38,7 @@ STRATEGY_NAMES = {"round_robin": "round-robin", "hash": "hash", "broadcast": "br
 
 def short_repr(value: Any, limit: int = 40) -> str:
     """``repr(value)`` cut to ``limit`` characters (with an ellipsis)."""
-    text = value if isinstance(value, str) else repr(value)
+    text = value if isinstance(value, str) else safe_repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -137,7 +138,7 @@ def routing_rows(trace: Sequence[RoutingDecision], limit: int = 60,
         rows.append({
             "seq": d.seq,
             "packet": f"#{d.seq} {short_repr(d.payload, 20)}" if d.payload else f"#{d.seq}",
-            "key": "" if d.strategy == "round_robin" else short_repr(repr(d.key), 24),
+            "key": "" if d.strategy == "round_robin" else short_repr(safe_repr(d.key), 24),
             "from": d.sender,
             "to": ", ".join(d.targets),
             "group": d.group,
@@ -230,6 +231,6 @@ def what_if_view(s: KeySpread, at: str = "") -> dict[str, Any]:
         "at": at,
         "instances": [{"name": f"{s.operator}[{i}]", "packets": n,
                        "share": round(n / total, 4) if total else 0.0,
-                       "hottest": short_repr(repr(key), 24) if n else ""}
+                       "hottest": short_repr(safe_repr(key), 24) if n else ""}
                       for i, (n, key) in enumerate(zip(s.packets, s.hottest, strict=True))],
     }

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..communication.packet import safe_repr
 from ..errors import Cancelled, GraphError
 from ..graph import describe_callable
 
@@ -216,7 +217,7 @@ class Breakpoints:
                     hits = hits or []
                     hits.append((bp, BreakpointHit(
                         bp.id, reason, conn.target_name, self.plan.contexts[conn.target_name].operator,
-                        conn.source_name, packet.seq, f"{packet.payload!r:.80}", self.step)))
+                        conn.source_name, packet.seq, safe_repr(packet.payload, 80), self.step)))
         if hits is None:
             return None
         return lambda: self._fire(hits)
@@ -226,7 +227,7 @@ class Breakpoints:
         name = task.ctx.name
         hits = [(bp, BreakpointHit(bp.id, f"error: {type(exc).__name__}: {exc}", name, task.ctx.operator,
                                    None, getattr(packet, "seq", None),
-                                   None if packet is None else f"{getattr(packet, 'payload', packet)!r:.80}",
+                                   None if packet is None else safe_repr(getattr(packet, "payload", packet), 80),
                                    self.step))
                 for bp in self.active if bp.kind == "error" and bp.match(name, None)]
         if not hits:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..communication.packet import safe_repr
 from ..errors import BackendError
 
 if TYPE_CHECKING:  # pragma: no cover - loaded on first use: `import sage_nb` stays fast
@@ -195,6 +196,6 @@ def _queued(make: type[QueuedPacket], item: Any, now: float) -> QueuedPacket:
     if not hasattr(item, "seq"):   # a stop signal
         return make(None, "stop", f"stop from {item.sender}", item.sender, item.input_index,
                             None, 0.0)
-    key = f"{item.partition_key!r:.80}" if item.partition_strategy is not None else None
-    return make(item.seq, "packet", f"{item.payload!r:.80}", None, item.input_index, key,
+    key = safe_repr(item.partition_key, 80) if item.partition_strategy is not None else None
+    return make(item.seq, "packet", safe_repr(item.payload, 80), None, item.input_index, key,
                         max(0.0, now - item.created))

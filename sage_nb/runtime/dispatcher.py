@@ -12,6 +12,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown, QueueStats
+from ..errors import error_line
 from ..metrics import ConnectionSnapshot, ErrorInfo, TaskSnapshot, Trace, packet_text
 from .batching import Flusher, check_batching
 from .chain import link
@@ -80,7 +81,7 @@ class Dispatcher:
                 runner.open()
             except BaseException as exc:
                 self.exception = exc
-                self.error = ErrorInfo(name, f"service {name}", f"{type(exc).__name__}: {exc}", None,
+                self.error = ErrorInfo(name, f"service {name}", error_line(exc), None,
                                        "".join(traceback.format_exception(exc)))
                 self.cancelled = True
                 self.ended = time.monotonic()
@@ -113,7 +114,7 @@ class Dispatcher:
             if first:
                 self.exception = exc
                 self.error = ErrorInfo(
-                    task.ctx.operator, task.ctx.name, f"{type(exc).__name__}: {exc}", packet_text(packet),
+                    task.ctx.operator, task.ctx.name, error_line(exc), packet_text(packet),
                     "".join(traceback.format_exception(exc)))
         if first:  # stop the sources, let in-flight packets drain; cancel all after a deadline
             self.control.stopping = True
@@ -199,7 +200,7 @@ class Dispatcher:
                 t.router.blocked_time, t.stops_received, ctx.stop_signal_num,
                 stats.get(qid),  # type: ignore[arg-type]  # (None: a source, no input queue)
                 qid, t.top_keys(), t.last_packets(),
-                None if t.error is None else f"{type(t.error).__name__}: {t.error}",
+                None if t.error is None else error_line(t.error),
                 t.unprocessed(), t.in_bundle()))
         return tuple(out)
 

@@ -159,17 +159,23 @@ class Job(DebugControls):
         already emitted reach the sinks (status FINISHED); if that takes longer than
         ``timeout`` seconds the job is cancelled. A thread stuck inside user code cannot be
         interrupted by Python; ``stop()`` returns after ``STOP_DEADLINE`` seconds anyway.
+        Called from the job's own functions (on threads), it returns at once: the job ends
+        after that function returns.
         """
         if self._bps is not None:  # a stopping job does not pause at breakpoints any more
             self._bps.release()
+        # called by the job's own user code (a sink that decides it has seen enough): nothing
+        # to wait for here, the calling task stops once its function returns
+        inside = threading.current_thread() in getattr(getattr(self.runner, "backend", None), "threads", ())
         if drain and not self.done:
             self.runner.drain()
             self.runner.control.unpause()
-            if not self.runner.done.wait(timeout):
+            if not inside and not self.runner.done.wait(timeout):
                 self.runner.cancel()
         elif not self.done:
             self.runner.cancel()
-        self._join(STOP_DEADLINE if timeout is None else timeout)
+        if not inside:
+            self._join(STOP_DEADLINE if timeout is None else timeout)
         return self
 
     def pause(self) -> None:

@@ -8,12 +8,15 @@ interpreter exit every live job is cancelled (its sinks' ``close()`` still runs)
 from __future__ import annotations
 
 import atexit
+import difflib
 import os
 import signal
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .. import compiler
+from ..errors import BackendError
 from .batching import QUEUE_BATCHES, check_batching
 from .job import Job
 
@@ -23,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["JobManager"]
 
 _COMPILE_OPTIONS = {"job_id", "queue_maxsize", "service_timeout", "queue_factory", "rpc_server", "chain"}
+# the run options (Job, Dispatcher, RayDispatcher, StepRunner; which backend takes which is checked there)
+_RUN_OPTIONS = {"paused", "stall_timeout", "put_timeout", "batch_size", "linger", "policy", "record_limit"}
 
 
 class JobManager:
@@ -51,6 +56,9 @@ class JobManager:
         job = plan if isinstance(plan, Job) else Job(plan, backend, **options)
         for old in self.jobs():
             if old.pipeline_name == job.pipeline_name:
+                warnings.warn(f"stopped job {old.job_id!r}: a job of pipeline {job.pipeline_name!r} started "
+                              f"({job.job_id!r}); give pipelines different names to run them side by "
+                              f"side", RuntimeWarning, stacklevel=3)
                 old.stop(drain=False)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done] + [job]
@@ -59,6 +67,12 @@ class JobManager:
 
     def run(self, graph: nx.DiGraph, backend: str = "threads", **options: Any) -> Job:
         """Compile ``graph`` with the compile options among ``options`` and submit it."""
+        unknown = sorted(set(options) - _COMPILE_OPTIONS - _RUN_OPTIONS)
+        if unknown:
+            known = sorted(_COMPILE_OPTIONS | _RUN_OPTIONS)
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BackendError(f"unknown run option {unknown[0]!r}{hint}; the options are {', '.join(known)}")
         compile_opts = {k: v for k, v in options.items() if k in _COMPILE_OPTIONS}
         run_opts = {k: v for k, v in options.items() if k not in _COMPILE_OPTIONS}
         if backend == "threads" and "queue_maxsize" not in compile_opts:  # room for enough batches

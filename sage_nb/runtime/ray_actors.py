@@ -20,7 +20,7 @@ from typing import Any
 
 from ..communication.local_queue import QueueShutDown
 from ..communication.ray_queue import RayQueueDescriptor, RayQueueProxy, encode, manager_handle
-from ..errors import Cancelled, SageError
+from ..errors import Cancelled, SageError, error_line
 from ..metrics import Trace, packet_text
 from .ray_router import IDLE_LINGER, SLICE, BatchingInput, BatchingRouter
 from .service import ServiceCaller, ServiceRunner
@@ -48,7 +48,7 @@ def failure_info(node: str, instance: str, exc: BaseException, packet: Any) -> d
         with contextlib.suppress(Exception):  # what cannot travel is rebuilt from the text
             blob = encode(travelling)
             break
-    return {"node": node, "instance": instance, "message": f"{type(exc).__name__}: {exc}",
+    return {"node": node, "instance": instance, "message": error_line(exc),
             "packet": packet_text(packet),
             "traceback": "".join(traceback.format_exception(exc)), "exception": blob}
 
@@ -269,7 +269,7 @@ class TaskActor:
                 "blocked": r.blocked_time, "stops": t.stops_received, "top_keys": top,
                 "last": t.last_packets(), "conns": conns, "unprocessed": t.unprocessed(),
                 "in_bundle": t.in_bundle(),
-                "error": None if t.error is None else f"{type(t.error).__name__}: {t.error}"}
+                "error": None if t.error is None else error_line(t.error)}
 
 
 class ServiceActor:

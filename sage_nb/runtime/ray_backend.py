@@ -34,6 +34,7 @@ from ..communication.ray_queue import (
     manager_handle,
     manager_name,
 )
+from ..errors import error_line
 from ..metrics import ErrorInfo, Trace
 from .batching import check_batching
 from .ray_actors import ServiceActor, TaskActor, rebuild_exception
@@ -159,7 +160,7 @@ class RayDispatcher(RayWatcher, RayReadings):
                                                      **common).remote(
                     name, ctx.operator, self.events, self.manager, self.control.paused)
         except BaseException as exc:
-            self._fail(failure("ray", "the Ray backend", f"{type(exc).__name__}: {exc}"), exc)
+            self._fail(failure("ray", "the Ray backend", error_line(exc)), exc)
             target = self._finalize
         self._thread = threading.Thread(target=target, name=f"sage-nb:{self.plan.job_id}:ray",
                                         daemon=True)
@@ -209,7 +210,7 @@ class RayDispatcher(RayWatcher, RayReadings):
     def fail(self, instance: str, exc: BaseException) -> None:
         """Fail the job in ``instance`` from the driver (the stall watch)."""
         self._fail({"node": self.plan.contexts[instance].operator, "instance": instance,
-                    "message": f"{type(exc).__name__}: {exc}", "packet": None,
+                    "message": error_line(exc), "packet": None,
                     "traceback": "".join(traceback.format_exception(exc))}, exc)
 
     def _fail(self, info: dict[str, Any], exc: BaseException | None = None,

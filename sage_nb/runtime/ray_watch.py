@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..communication.local_queue import QueueShutDown
 from ..communication.ray_queue import SLICE, QueueLost, manager_name
-from ..errors import BackendError
+from ..errors import BackendError, error_line
 
 __all__ = ["RESULTS_EVERY", "START_TIMEOUT", "TICK", "RayWatcher", "failure"]
 
@@ -78,7 +78,7 @@ class RayWatcher:
                 if self._open_services():
                     self._loop(ray)
         except BaseException as exc:  # a bug, or Ray going away: fail the job rather than hang it
-            self._fail(failure("ray", "the Ray backend", f"{type(exc).__name__}: {exc}"), exc, True)
+            self._fail(failure("ray", "the Ray backend", error_line(exc)), exc, True)
         finally:
             self._finalize()
 
@@ -199,7 +199,7 @@ class RayWatcher:
                                  str(exc)), exc, cancel_now=True)
             return
         except Exception as exc:  # a bug in the actor's own code: fail loudly
-            self._fail(failure(self.plan.contexts[name].operator, name, f"{type(exc).__name__}: {exc}"),
+            self._fail(failure(self.plan.contexts[name].operator, name, error_line(exc)),
                        exc, cancel_now=True)
             return
         self.results.get(self.plan.contexts[name].operator, []).extend(report.pop("results", ()))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..communication.local_queue import QueueStats
+from ..communication.packet import safe_repr
 from ..communication.router import RoutingDecision
 from ..errors import SageError
 from ..metrics import ConnectionSnapshot, ErrorInfo, JobSnapshot, OperatorSnapshot, TaskSnapshot
@@ -286,7 +287,7 @@ def _key(key: Any) -> Any:
         return {"tuple": [_key(k) for k in key]}
     if type(key) is bytes:
         return {"bytes": key.hex()}
-    return {"repr": repr(key)}
+    return {"repr": safe_repr(key)}
 
 
 def _unkey(value: Any) -> Any:

@@ -12,7 +12,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from ..communication.packet import Packet, StopSignal
-from ..errors import ProtocolError, ServiceError
+from ..errors import ProtocolError, ServiceError, error_line
 from ..metrics import ErrorInfo, packet_text
 from .recording import StepEvent
 
@@ -53,7 +53,7 @@ class StepActions:
                 fields = getattr(self, f"_{action}")(task, index)
         except BaseException as exc:  # user code may raise SystemExit & co: fail the job
             self._fail(task, exc, task.current)
-            fields = {**st.describe(task.current, "error"), "error": f"{type(exc).__name__}: {exc}"}
+            fields = {**st.describe(task.current, "error"), "error": error_line(exc)}
         return st.event(index, name, fields)
 
     def _open_services(self) -> bool:
@@ -163,10 +163,10 @@ class SyncCaller:
         except Exception as exc:
             runner.errors += 1
             raise ServiceError(f"{self.ctx.name}: service {name!r} raised in {method}(): "
-                               f"{type(exc).__name__}: {exc}") from exc
+                               f"{error_line(exc)}") from exc
 
 
 def error_info(node: str, instance: str, exc: BaseException, packet: Any) -> ErrorInfo:
     """Where a job failed, in the words the threads backend uses."""
-    return ErrorInfo(node, instance, f"{type(exc).__name__}: {exc}", packet_text(packet),
+    return ErrorInfo(node, instance, error_line(exc), packet_text(packet),
                      "".join(traceback.format_exception(exc)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ..communication.packet import safe_repr
 from ..metrics import TaskSnapshot
 from .recording import Frame, StepEvent
 
@@ -103,14 +104,14 @@ class FrameRecorder:
                 top.append(key)
             top.sort(key=lambda k: (-counts[k], seen[k]))
             del top[5:]
-        return tuple((repr(k), counts[k]) for k in top)
+        return tuple((safe_repr(k), counts[k]) for k in top)
 
     def _latest(self, name: str) -> tuple[str, ...]:
         """``BaseTask.last_packets()``: the step runner appends one payload per packet taken."""
         last = self.runner.tasks[name].last
         seen, reprs = self._last[name]
         if last is not seen:
-            reprs = (*reprs[-4:], f"{last[-1]!r:.80}") if last else ()
+            reprs = (*reprs[-4:], safe_repr(last[-1], 80)) if last else ()
             self._last[name] = (last, reprs)
         return reprs
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import queue
 from typing import TYPE_CHECKING, Any
 
-from ..communication.packet import StopSignal
-from ..errors import BackendError, DeliveryError
+from ..communication.packet import StopSignal, safe_repr
+from ..errors import BackendError, DeliveryError, error_line
 from ..metrics import ConnectionSnapshot, JobSnapshot, TaskSnapshot
 from .recording import Recording, StepEvent, queue_of, queued
 
@@ -24,7 +24,7 @@ __all__ = ["StepState"]
 
 def label(item: Any) -> str:
     """How an item in a queue is shown: its payload's repr (80 characters), or "stop"."""
-    return "stop" if item.__class__ is StopSignal else f"{item.payload!r:.80}"
+    return "stop" if item.__class__ is StopSignal else safe_repr(item.payload, 80)
 
 
 class StepState:
@@ -124,7 +124,7 @@ class StepState:
         if item.__class__ is StopSignal:
             fields["sender"] = item.sender
         elif item is not None and hasattr(item, "seq"):
-            fields["seq"], fields["payload"] = item.seq, f"{item.payload!r:.80}"
+            fields["seq"], fields["payload"] = item.seq, safe_repr(item.payload, 80)
         if self._taken is not None:
             fields["sender"], fields["queue"] = self._taken
         return fields
@@ -175,7 +175,7 @@ class StepState:
             sum(c.packets_sent for c in t.router.connections), 0.0, 0.0, t.stops_received,
             ctx.stop_signal_num, stats, self.qid.get(name), t.top_keys() if keys is None else keys,
             t.last_packets() if last is None else last,
-            None if t.error is None else f"{type(t.error).__name__}: {t.error}")
+            None if t.error is None else error_line(t.error))
 
     def conn_snapshot(self, k: int, stats: Any) -> ConnectionSnapshot:
         c, t, g = self.conns[k]
@@ -212,5 +212,5 @@ class StepState:
 def _entry(item: Any, sender: str, step: int, text: str) -> tuple:
     if item.__class__ is StopSignal:
         return (None, "stop", f"stop from {item.sender}", item.sender, step, item.input_index, None)
-    key = f"{item.partition_key!r:.80}" if item.partition_strategy is not None else None
+    key = safe_repr(item.partition_key, 80) if item.partition_strategy is not None else None
     return (item.seq, "packet", text, sender, step, item.input_index, key)

@@ -22,7 +22,7 @@ from itertools import islice
 from typing import Any, Protocol
 
 from ..communication.local_queue import QueueShutDown
-from ..communication.packet import Bundle, Packet, StopSignal
+from ..communication.packet import Bundle, Packet, StopSignal, safe_repr
 from ..communication.router import BaseRouter
 from ..errors import Cancelled, ProtocolError
 from .batching import BATCH_MAX, DEFAULT_LINGER
@@ -459,10 +459,10 @@ class BaseTask(SourceLoop, BundlePath, ChainedTask):
 
     def top_keys(self, n: int = 5) -> tuple[tuple[str, int], ...]:
         items = sorted(self.key_counts.items(), key=lambda kv: -kv[1])[:n]
-        return tuple((repr(k), c) for k, c in items)
+        return tuple((safe_repr(k), c) for k, c in items)
 
     def last_packets(self) -> tuple[str, ...]:
-        return tuple(f"{p!r:.80}" for p in islice(self.last, 5))
+        return tuple(safe_repr(p, 80) for p in islice(self.last, 5))
 
 
 def _count(msgs: list[Any]) -> int:
