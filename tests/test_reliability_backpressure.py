@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 import warnings
@@ -257,10 +258,10 @@ def test_a_stall_fails_the_job_after_stall_timeout(backend, no_leak, tmp_path):
         assert isinstance(info.value.__cause__, snb.StallError)
         assert (info.value.node, info.value.instance) == ("out", "out[0]")
         text = str(info.value)
-        assert "nothing moved for 2 s: out[0] is busy (in its function)" in text, text
+        assert re.search(r"nothing moved for \d+ s: out\[0\] is busy \(in its function\)", text), text
         assert "; m[0] waits for room in out[0]'s full queue (4/4)" in text, text
         assert "; src[0] waits for room in m[0]'s full queue (4/4)" in text, text
-        assert "stall_timeout" in text, text
+        assert "pass a longer stall_timeout, or None to only warn" in text, text
     finally:
         Path(gate).touch()
         job.stop(drain=False)
@@ -289,8 +290,8 @@ def test_a_stall_only_warns_by_default_and_the_job_goes_on(backend, no_leak, tmp
     stalls = [str(w.message) for w in caught if w.category is snb.StallWarning]
     assert len(stalls) == 1, stalls  # once per stall
     assert "m[0] waits for room in out[0]'s full queue (4/4)" in stalls[0]
-    assert "job.stop()" in stalls[0] and "stall_timeout" in stalls[0]
-    assert job.status is snb.JobStatus.CANCELLED
+    assert "job.stop() ends the job, p.run(stall_timeout=s) fails such a job" in stalls[0]
+    assert job.status is snb.JobStatus.CANCELLED and job.stall is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, "10", True])
@@ -494,10 +495,9 @@ def test_t16_a_deadlocked_join_is_detected_within_10s(backend, no_leak):
         assert job.status is snb.JobStatus.FAILED
         assert isinstance(info.value.__cause__, snb.StallError) and info.value.instance == "join[0]"
         text = str(info.value)
-        # the feeders of the join wait on its full queue; the join holds them, in its function
-        assert "build[0] waits for room in join[0]'s full queue (2/2)" in text, text
-        assert "probe[0] waits for room in join[0]'s full queue (2/2)" in text, text
-        assert "join[0] is busy (in its function)" in text, text
+        # a feeder of the join waits on its full queue; the join holds it, in its function
+        assert re.search(r"(build|probe)\[0\] waits for room in join\[0\]'s full queue \(2/2\)", text), text
+        assert re.search(r"nothing moved for \d+ s: join\[0\] is busy \(in its function\);", text), text
     finally:
         built.set()
         job.stop(drain=False)

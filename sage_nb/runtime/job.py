@@ -121,11 +121,12 @@ class Job(DebugControls):
             if stall is None:
                 warned = False
             elif self.stall_timeout is not None and stall.seconds >= self.stall_timeout:
-                self.runner.fail(stall.culprit, StallError(f"{stall}. {stall.advice()}"))
+                self.runner.fail(stall.culprit, StallError(f"{stall}. {stall.advice(failing=True)}"))
                 return
             elif not warned and stall.seconds >= STALL_AFTER:
                 warned = True
                 warn(stall)
+        self.stall = None  # ended or stopped: nothing stalls any more
 
     def wait(self, timeout: float | None = None) -> Job:
         """Block until the job ends; raise :class:`JobFailed` if it failed.

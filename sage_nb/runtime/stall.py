@@ -58,11 +58,13 @@ class Stall:
     def __str__(self) -> str:
         return f"nothing moved for {self.seconds:.0f} s: " + "; ".join(self.holding + self.waiting)
 
-    def advice(self) -> str:
-        """What to do about it, for the warning and the error."""
-        return (f"{self.culprit} may wait for packets queued behind the one it holds (a deadlock) "
-                f"or hang; job.stop() ends the job. A function this slow on purpose: pass "
-                f"stall_timeout=None (warn only, the default) or a longer stall_timeout")
+    def advice(self, failing: bool = False) -> str:
+        """What to do about it: for the warning, or for the error of ``stall_timeout``."""
+        why = f"{self.culprit} may wait for packets queued behind the one it holds (a deadlock) or hang"
+        if failing:
+            return f"{why}. A function this slow on purpose: pass a longer stall_timeout, or None to only warn"
+        return (f"{why}; job.stop() ends the job, p.run(stall_timeout=s) fails such a job by itself. A "
+                f"function this slow on purpose is left to finish")
 
 
 class StallWatch:
@@ -92,8 +94,7 @@ class StallWatch:
 
 
 def _doing(t: TaskSnapshot) -> str:
-    last = f", last packet {t.last_packets[-1]}" if t.last_packets else ""
-    return f"{t.name} {_DOING.get(t.state, 'is ' + t.state)}{last}"
+    return f"{t.name} {_DOING.get(t.state, 'is ' + t.state)}"
 
 
 def check_stall_timeout(value: object) -> float | None:
