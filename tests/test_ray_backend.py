@@ -267,23 +267,41 @@ def test_services_are_called_from_task_actors():
 
 
 # --------------------------------------------------------------------------- T32
+class Pair:
+    """(key, x, this instance, its sequence number): the order of each channel out of it shows
+    downstream."""
+
+    fault = False
+
+    def open(self):
+        self.seq = 0
+
+    def __call__(self, x):
+        self.seq += 1
+        return f"k{x % 11}", explode_at_37(x) if self.fault else x, self.ctx.parallel_index, self.seq
+
+
+class FaultyPair(Pair):
+    fault = True
+
+
 class Running:
-    """Keyed state: a running total per key (its sequence shows per-key order)."""
+    """Keyed state: a running total per key, with where each item came from and arrived."""
 
     def open(self):
         self.total = collections.Counter()
 
     def __call__(self, item):
-        key, value = item
+        key, value, producer, seq = item
         self.total[key] += value
-        return key, self.total[key]
+        return key, value, self.total[key], producer, seq, self.ctx.parallel_index
 
 
 def _mixed(backend: str, rpc: bool, fault: bool = False) -> snb.Job:
     p = snb.Pipeline(f"t32-{backend}-{'rpc' if rpc else 'local'}")
     src = p.from_iterable(range(600), name="src", parallelism=2)
     kept = src.filter(lambda x: x % 7 != 3, name="keep", parallelism=3)
-    pairs = kept.map(lambda x: (f"k{x % 11}", explode_at_37(x) if fault else x), name="pair", parallelism=2)
+    pairs = kept.map(FaultyPair if fault else Pair, name="pair", parallelism=2)
     keyed = pairs.key_by(lambda kv: kv[0])
     totals = (keyed.via("rpc") if rpc else keyed).map(Running, name="total", parallelism=3)
     totals.sink(name="out")
@@ -300,12 +318,17 @@ def test_t32_backend_parity_threads_ray_and_rpc_edges():
     for job in jobs.values():
         assert job.status is snb.JobStatus.FINISHED
         assert sorted(job.results("copies")) == sorted(kept * 3)  # broadcast: one copy per instance
+        out = job.results("out")
+        assert collections.Counter((key, value) for key, value, *_ in out) == \
+            collections.Counter((f"k{x % 11}", x) for x in kept)  # every item once, none made up
         per_key: dict[str, list[int]] = collections.defaultdict(list)
-        for key, total in job.results("out"):
+        channels: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+        for key, _, total, producer, seq, consumer in out:  # (the sink keeps each consumer's order)
             per_key[key].append(total)
-        # every item counted once, per key in the order its instance saw them (totals only grow)
+            channels[producer, consumer].append(seq)
         assert {k: (len(seq), max(seq)) for k, seq in per_key.items()} == want
-        assert all(seq == sorted(seq) for seq in per_key.values())
+        # FIFO per channel pair[i] -> total[j], through the in-process, Ray or RPC queue
+        assert len(channels) == 6 and all(seqs == sorted(seqs) for seqs in channels.values())
     owners = {k: {(key, i) for key, i in job.snapshot().task("total[0]").top_keys} for k, job in jobs.items()}
     assert len({frozenset(o) for o in owners.values()}) == 1, "the same keys meet total[0] everywhere"
 

@@ -249,8 +249,10 @@ class Numbered:
         return ((i, k) for k in range(300))
 
 
-@pytest.mark.parametrize("edge", ["round_robin", "hash"])
+@pytest.mark.parametrize("edge", ["round_robin", "hash", "rpc"])
 def test_t31_per_channel_fifo(backend, no_leak, edge):
+    if edge == "rpc" and backend == "step":
+        pytest.skip("the step backend moves packets through in-process queues only")
     class Arrivals:
         """Numbers the items in the order its instance received them."""
 
@@ -267,6 +269,8 @@ def test_t31_per_channel_fifo(backend, no_leak, edge):
     p = snb.Pipeline("t31")
     s = p.from_source(Numbered, name="src", parallelism=3)
     s = s.rebalance() if edge == "round_robin" else s.key_by(lambda item: item[1] % 11)
+    if edge == "rpc":  # through the TCP queue server
+        s = s.via("rpc")
     s.map(Arrivals, name="recv", parallelism=2).sink(name="out", parallelism=2)
     job = p.run(backend=backend, queue_maxsize=8)
     finished(job)
