@@ -14,6 +14,7 @@ import json
 import random
 import time
 from collections import Counter, defaultdict
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,25 @@ def test_t29_unroutable_keys_fail_the_job_clearly(backend, no_leak, key, named):
     assert isinstance(e.__cause__, TypeError)
     assert job.results("out") == []
     assert job_threads(job) == []
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+@pytest.mark.parametrize(("bad", "named"), [([1, 2], "list"), (Decimal("1.5"), "Decimal")], ids=["list", "decimal"])
+def test_t29_a_bad_key_among_many_fails_alike_at_any_parallelism_naming_its_item(backend, no_leak, bad,
+                                                                                 named, parallelism):
+    """Item 5,000 of 10,000 has a key no instance can be chosen for: with one instance as with
+    three, on every backend, the job fails in the source, naming that item."""
+    n = 10_000
+    p = snb.Pipeline("t29-among-many")
+    p.from_iterable([*range(n // 2), bad, *range(n // 2)], name="src").key_by(lambda x: x) \
+        .map(lambda x: x, name="m", parallelism=parallelism).sink(name="out")
+    job = p.run(backend=backend)
+    with pytest.raises(snb.JobFailed, match=rf"cannot hash-partition a key of type {named}") as info:
+        job.wait(WAIT)
+    e = info.value
+    assert (e.node, e.instance) == ("src", "src[0]") and isinstance(e.__cause__, TypeError)
+    assert str(e.packet).endswith(repr(bad)), f"the item named is not the bad one: {e.packet}"
+    assert len(job.results("out")) < n + 1
 
 
 # --------------------------------------------------------------------------- T30

@@ -144,7 +144,7 @@ class BaseRouter(Shipper, Gatherer):
         self.gather_lock = threading.Lock()
         self.gather_routes = 0
         self.gather_taken = 0  # items routed from ``gathered`` so far
-        self.gather_failed: tuple[Any, ...] = ()  # (item,) whose key failed in a slice
+        self.gather_failed: tuple[Any, ...] = ()  # (item,) whose key failed in a slice or bundle
         self.slicing = False  # a source is pulling items straight into ``gathered`` (slice_gatherer)
         for c in self._conns:
             c.batch = []

@@ -43,6 +43,7 @@ OWNERS_CACHE = 4096  # keys whose partition a batching router remembers
 _SELECT = tuple(bytes(int(j == i) for j in range(256)) for i in range(8))  # owner i -> 1, others -> 0
 _NEW = 255  # a key whose partition is not remembered yet
 _SELECT_NEW = bytes(int(j == _NEW) for j in range(256))
+_PLAIN_KEYS = frozenset((int, str))  # key types a bundle's split takes without a check
 
 
 class Shipper:
@@ -174,6 +175,9 @@ class Shipper:
         keys = b.keys if b.keys is not None else list(map(g.key, b.payloads))  # type: ignore[arg-type]
         size = len(g.connections)
         if size == 1:
+            if not _PLAIN_KEYS.issuperset(map(type, keys)):  # one instance, yet keys as they would be
+                for key, x in zip(keys, b.payloads, strict=True):
+                    self._partition(key, x, 1)
             return [Bundle(b.payloads, b.seqs, b.created, 0, keys)], 0
         owners = self._owners_of(keys, size) if size <= len(_SELECT) else None
         if owners is not None:  # C-level passes, none per packet in Python
@@ -199,11 +203,20 @@ class Shipper:
                 if i is None:
                     i = owner(key, size)
             else:
-                i = partition(key, size)
+                i = self._partition(key, x, size)
             pay[i](x)
             seq[i](n)
             key_of[i](key)
         return shares, next(i for i, s in enumerate(shares) if s.seqs and s.seqs[0] == b.seqs[0])
+
+    def _partition(self, key: Any, item: Any, size: int) -> int:
+        """``partition(key, size)``; if the key cannot be partitioned, its ``item`` is the one
+        the error names (``gather_failed``)."""
+        try:
+            return partition(key, size)
+        except TypeError:
+            self.gather_failed = (item,)
+            raise
 
     def _owners_of(self, keys: list[Any], size: int) -> bytes | None:
         """The instance of each key, one byte each: the partitions remembered, the others
@@ -217,8 +230,11 @@ class Shipper:
                 owners = bytes(map(cache.get, keys, repeat(_NEW, len(keys))))
         except TypeError:
             return None
-        if _NEW in owners:  # (a key that cannot be partitioned fails here)
-            new = {key: partition(key, size) for key in set(compress(keys, owners.translate(_SELECT_NEW)))}
+        if _NEW in owners:
+            try:
+                new = {key: partition(key, size) for key in set(compress(keys, owners.translate(_SELECT_NEW)))}
+            except TypeError:  # a key that cannot be partitioned: the per-packet loop names its item
+                return None
             owners = bytes(map(new.get, keys, owners))
             if len(cache) + len(new) > OWNERS_CACHE:
                 cache.clear()

@@ -161,6 +161,9 @@ class BaseTask(SourceLoop, BundlePath, ChainedTask):
         self.state = "failed"
         self.error = exc
         self._close(quiet=True)
+        failed, self.router.gather_failed = self.router.gather_failed, ()
+        if failed:  # routing failed on this item's key (within a bundle or a gathered slice)
+            self.current = failed[0]
         self.owner.task_failed(self, exc, self.current)
 
     def _exit(self, cancelled: bool = False) -> None:
