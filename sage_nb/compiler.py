@@ -168,6 +168,10 @@ def compile_graph(logical: nx.DiGraph, *, job_id: str | None = None,
     validate(logical)
     if type(chain) is not bool:
         raise GraphError(f"chain must be True or False, got {chain!r}")
+    if job_id is not None and (not isinstance(job_id, str) or not job_id):
+        raise GraphError(f"job_id must be a non-empty string, got {job_id!r}")
+    if isinstance(service_timeout, bool) or not isinstance(service_timeout, int | float) or not service_timeout > 0:
+        raise GraphError(f"service_timeout must be a number of seconds > 0, got {service_timeout!r}")
     chained = chain_edges(logical) if chain else set()
     pipeline = logical.graph.get("name") or "pipeline"
     job_id = job_id or _next_job_id(pipeline)

@@ -28,8 +28,9 @@ Stream('out')
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,8 +101,23 @@ def _co_map_arity(name: str, fn: Any) -> int:
                      f"with methods map0, map1, …; got {fn!r:.60}")
 
 
+NODE_ATTRS = ("kind", "fn", "items", "parallelism", "queue_descriptor")
+EDGE_ATTRS = ("strategy", "key", "input_index", "queue")
+
+
+def _check_spelling(what: str, attrs: dict[str, Any], known: tuple[str, ...]) -> None:
+    """A hand-built graph's misspelt attribute (``paralelism``) would be ignored: refuse it.
+    Attributes of other names (``pos``, ``color`` for drawing) are the user's own."""
+    for a in attrs:
+        if isinstance(a, str) and a not in known:
+            close = difflib.get_close_matches(a, known, n=1, cutoff=0.8)
+            if close:
+                raise GraphError(f"{what}: unknown attribute {a!r}; did you mean {close[0]!r}?")
+
+
 def _check_node(g: nx.DiGraph, name: str) -> None:
     attrs = g.nodes[name]
+    _check_spelling(f"node {name!r}", attrs, NODE_ATTRS)
     kind = attrs.get("kind")
     if kind not in KINDS:
         if "kind" not in attrs:
@@ -162,13 +178,18 @@ def _check_inputs(g: nx.DiGraph, name: str) -> None:
 def validate(g: Any) -> None:
     """Raise :class:`GraphError` for anything that cannot run; see the module docstring."""
     import networkx as nx  # imported on first use: `import sage_nb` stays fast
-    if not isinstance(g, nx.DiGraph) or g.is_multigraph():
-        raise GraphError(f"a pipeline graph must be a networkx.DiGraph, got {type(g).__name__}; "
-                         f"parallel edges are not supported (use nx.DiGraph(graph) or add a map)")
+    if not isinstance(g, nx.DiGraph):
+        raise GraphError(f"a pipeline graph must be a networkx.DiGraph (a Pipeline's .graph, or one "
+                         f"built by hand), got {type(g).__name__}")
+    if g.is_multigraph():
+        raise GraphError(f"a {type(g).__name__} has parallel edges, which are not supported: use "
+                         f"nx.DiGraph(graph), or add a map to carry the second edge")
     if g.number_of_nodes() == 0:
         raise GraphError("the graph is empty; add a source (from_iterable / from_source) and a sink")
     for name in g.nodes:
         _check_node(g, name)
+    for u, v, d in g.edges(data=True):
+        _check_spelling(f"edge {u!r} -> {v!r}", d, EDGE_ATTRS)
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:
@@ -197,6 +218,7 @@ class Pipeline:
 
         self.name = name
         self.graph = nx.DiGraph(name=name, services={})
+        self._used: set[int] = set()  # the ids of source iterators a run has used up
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, {self.graph.number_of_nodes()} operators)"
@@ -323,7 +345,17 @@ class Pipeline:
             options["batch_size"] = batch_size
         if linger is not None:
             options["linger"] = linger
-        return JobManager.default().run(self.graph, backend=backend, **options)
+        # a source's iterator (a generator, iter(...)) is used up by the first run: not silently again
+        iterators = {op: d["items"] for op, d in self.graph.nodes(data=True)
+                     if isinstance(d.get("items"), Iterator)}
+        for op, items in iterators.items():
+            if id(items) in self._used:
+                raise GraphError(f"source {op!r} reads an iterator ({type(items).__name__}), which this "
+                                 f"pipeline's first run used up; to run it again, give from_iterable a "
+                                 f"list or a range, or from_source a generator function")
+        job = JobManager.default().run(self.graph, backend=backend, **options)
+        self._used.update(id(items) for items in iterators.values())
+        return job
 
 
 class _Operators:

@@ -116,8 +116,11 @@ def test_operator_without_input_and_source_with_input():
 
 
 def test_multigraph_and_empty_graph_are_refused():
-    with pytest.raises(snb.GraphError, match=r"must be a networkx\.DiGraph, got MultiDiGraph"):
+    with pytest.raises(snb.GraphError, match=r"a MultiDiGraph has parallel edges, which are not supported: use nx\.DiGraph\(graph\)"):
         validate(nx.MultiDiGraph())
+    with pytest.raises(snb.GraphError, match=r"must be a networkx\.DiGraph \(a Pipeline's \.graph, or one "
+                                            r"built by hand\), got dict"):
+        snb.run({"src": "out"})
     with pytest.raises(snb.GraphError, match="the graph is empty"):
         validate(nx.DiGraph())
 
@@ -145,6 +148,22 @@ def test_hand_built_graph_runs():
     g.add_edge("sq", "out")
     job = snb.run(g)
     assert sorted(job.wait(timeout=10).results("out")) == [x * x for x in range(10)]
+
+
+def test_a_misspelt_attribute_of_a_hand_built_graph_is_refused_not_ignored():
+    g = nx.DiGraph(name="typo")
+    g.add_node("src", kind="source", items=range(10), pos=(0, 0))  # (pos: the user's own, for drawing)
+    g.add_node("sq", kind="map", fn=abs, paralelism=3)
+    g.add_node("out", kind="sink")
+    g.add_edges_from([("src", "sq"), ("sq", "out")])
+    with pytest.raises(snb.GraphError, match=r"node 'sq': unknown attribute 'paralelism'; did you mean 'parallelism'\?"):
+        snb.run(g)
+    del g.nodes["sq"]["paralelism"]
+    g.edges["src", "sq"]["stratgy"] = "broadcast"
+    with pytest.raises(snb.GraphError, match=r"edge 'src' -> 'sq': unknown attribute 'stratgy'; did you mean 'strategy'"):
+        snb.compile(g)
+    del g.edges["src", "sq"]["stratgy"]
+    assert sorted(snb.run(g).wait(timeout=10).results("out")) == list(range(10))
 
 
 def test_no_thread_starts_for_an_invalid_graph(no_leak):

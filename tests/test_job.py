@@ -119,6 +119,21 @@ def test_wait_timeout_leaves_job_running_then_stop(no_leak):
     assert job.stop().status is snb.JobStatus.CANCELLED
 
 
+def test_a_wait_that_times_out_says_the_job_is_paused(no_leak):
+    p = snb.Pipeline("timeout-paused")
+    p.from_iterable(range(10), name="src").sink(name="out")
+    job = p.run(paused=True)
+    with pytest.raises(TimeoutError, match=r"still running after 0\.05 s \(paused: job\.resume\(\) goes on\)"):
+        job.wait(timeout=0.05)
+    job.break_when(first_packet="out")
+    job.resume()
+    wait_for(lambda: job.breakpoint_hit, timeout=10)
+    with pytest.raises(TimeoutError, match=r"\(paused at breakpoint 1, first packet into out at out\[0\]; job\.resume"):
+        job.wait(timeout=0.05)
+    job.resume()
+    assert job.wait(timeout=10).results("out") == list(range(10))
+
+
 def test_wait_returns_promptly_after_the_last_packet(no_leak):
     src = Scripted(range(3), hold_at=2)
     p = snb.Pipeline("prompt")
@@ -252,3 +267,39 @@ def test_a_misspelt_run_option_is_named_with_the_fix():
     with pytest.raises(snb.BackendError, match=r"unknown run option 'colour'; the options are"):
         snb.run(p.graph, colour="red")
     assert snb.jobs() == []
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"put_timeout": "x"}, r"put_timeout must be a number of seconds > 0, got 'x'; None \(the default\) waits"),
+    ({"put_timeout": -1}, r"put_timeout must be a number of seconds > 0, got -1"),
+    ({"paused": "no"}, r"paused must be True or False, got 'no'"),
+    ({"service_timeout": -1}, r"service_timeout must be a number of seconds > 0, got -1"),
+    ({"job_id": 5}, r"job_id must be a non-empty string, got 5"),
+])
+def test_a_bad_run_option_value_is_refused_before_the_job_starts(options, message):
+    p = snb.Pipeline("bad-values")
+    p.from_iterable(range(3)).sink(name="out")
+    with pytest.raises(snb.SageError, match=message):
+        p.run(**options)
+    assert snb.jobs() == []
+
+
+def test_a_source_iterator_is_not_silently_run_twice(backend):
+    p = snb.Pipeline("iterator-twice")
+    p.from_iterable(x * 2 for x in range(5)).sink(name="out")
+    assert p.run(backend=backend).wait(timeout=30).results("out") == [0, 2, 4, 6, 8]
+    if backend == "ray":  # (Ray listed the items to send them to its actors: they are read again)
+        assert p.run(backend=backend).wait(timeout=60).results("out") == [0, 2, 4, 6, 8]
+        return
+    with pytest.raises(snb.GraphError, match=r"source 'source' reads an iterator \(generator\), which this "
+                                             r"pipeline's first run used up; to run it again, give"):
+        p.run(backend=backend)
+
+
+def test_a_source_function_returning_an_iterator_fails_saying_what_to_write(backend):
+    data = [1, 2, 3]
+    p = snb.Pipeline("iterator-function")
+    p.from_source(lambda: iter(data), name="src").sink(name="out")
+    with pytest.raises(snb.JobFailed, match=r"returned an iterator \(list_iterator\), and a plain function is "
+                                            r"called once per item until it returns snb\.END; .*from_iterable"):
+        p.run(backend=backend).wait(timeout=30)

@@ -32,7 +32,7 @@ from ..metrics import (
 )
 from .debug import DebugControls
 from .dispatcher import Dispatcher
-from .stall import POLL, STALL_AFTER, Stall, StallError, StallWatch, check_stall_timeout, warn
+from .stall import POLL, STALL_AFTER, Stall, StallError, StallWatch, warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compiler import ExecutionGraph
@@ -66,7 +66,10 @@ class Job(DebugControls):
         if backend == "step" and stall_timeout is not None:
             raise BackendError("stall_timeout= applies to backend='threads' and 'ray', not 'step' "
                                "(a step job moves only when it is stepped)")
-        self.stall_timeout = check_stall_timeout(stall_timeout)
+        self.stall_timeout = seconds("stall_timeout", stall_timeout, "only warns when a job stalls")
+        seconds("put_timeout", options.get("put_timeout"), "waits for room as long as it takes")
+        if type(paused) is not bool:
+            raise BackendError(f"paused must be True or False, got {paused!r}")
         self.stall: Stall | None = None  # nothing moved for a while, an instance waiting for room
         self._watcher: threading.Thread | None = None
         self.runner = _make_runner(plan, backend, **options)
@@ -142,8 +145,7 @@ class Job(DebugControls):
                 if self.status is not JobStatus.RUNNING:  # failed or cancelled: threads winding down
                     break
                 if deadline is not None and time.monotonic() >= deadline:
-                    stalled = f" ({self.stall})" if self.stall is not None else ""
-                    raise TimeoutError(f"job {self.job_id!r} still running after {timeout} s{stalled}; "
+                    raise TimeoutError(f"job {self.job_id!r} still running after {timeout} s{self._why_not_done()}; "
                                        f"call job.stop() to end it")
         except KeyboardInterrupt:
             self.stop(drain=False)
@@ -151,6 +153,15 @@ class Job(DebugControls):
         self._join(STOP_DEADLINE)
         self._raise_if_failed()
         return self
+
+    def _why_not_done(self) -> str:
+        """For a wait that timed out: the job is paused (at a breakpoint?) or stalls."""
+        hit = self.breakpoint_hit
+        if hit is not None:
+            return f" (paused at breakpoint {hit.breakpoint}, {hit.reason} at {hit.instance}; job.resume() goes on)"
+        if self.paused:
+            return " (paused: job.resume() goes on)"
+        return f" ({self.stall})" if self.stall is not None else ""
 
     def stop(self, drain: bool = False, timeout: float | None = None) -> Job:
         """End the job and return once its threads have stopped.
@@ -272,6 +283,15 @@ class Job(DebugControls):
             r.task_snapshots(stats),
             r.connection_snapshots(stats), r.trace.latest(), r.trace.skipped, r.error,
             stall=None if self.stall is None else str(self.stall))
+
+
+def seconds(name: str, value: object, none: str) -> float | None:
+    """An option in seconds: None, or a number > 0 (``none``: what None does)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise BackendError(f"{name} must be a number of seconds > 0, got {value!r}; None (the default) {none}")
+    return float(value)
 
 
 def _make_runner(plan: ExecutionGraph, backend: str, **options: Any) -> Any:

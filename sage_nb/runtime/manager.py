@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import compiler
 from ..errors import BackendError
+from ..graph import validate
 from .batching import QUEUE_BATCHES, check_batching
 from .job import Job
 
@@ -73,6 +74,7 @@ class JobManager:
             close = difflib.get_close_matches(unknown[0], known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise BackendError(f"unknown run option {unknown[0]!r}{hint}; the options are {', '.join(known)}")
+        validate(graph)  # (before anything reads it)
         compile_opts = {k: v for k, v in options.items() if k in _COMPILE_OPTIONS}
         run_opts = {k: v for k, v in options.items() if k not in _COMPILE_OPTIONS}
         if backend == "threads" and "queue_maxsize" not in compile_opts:  # room for enough batches

@@ -83,6 +83,10 @@ def _queue_items(q: Any) -> Iterator[Any]:
 
 
 def _calls(fn: Callable[[], Any]) -> Iterator[Any]:
+    """The items of a plain callable source: ``fn()`` until it returns ``END`` (or raises
+    ``StopIteration``). An iterator as its first item is a mistake (``lambda: iter(data)``
+    would emit that iterator forever): it fails the source, saying what to write instead."""
+    first = True
     while True:
         try:
             item = fn()
@@ -90,6 +94,13 @@ def _calls(fn: Callable[[], Any]) -> Iterator[Any]:
             return
         if item is END:
             return
+        if first:
+            first = False
+            if isinstance(item, Iterator):
+                raise TypeError(f"the source function returned an iterator ({type(item).__name__}), and "
+                                f"a plain function is called once per item until it returns snb.END; for "
+                                f"the items of a sequence use from_iterable(data), or write the function "
+                                f"as a generator (yield from data)")
         yield item
 
 

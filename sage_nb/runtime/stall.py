@@ -31,12 +31,12 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import BackendError, StallError, StallWarning
+from ..errors import StallError, StallWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..metrics import JobSnapshot, TaskSnapshot
 
-__all__ = ["STALL_AFTER", "Stall", "StallError", "StallWarning", "StallWatch", "check_stall_timeout", "warn"]
+__all__ = ["STALL_AFTER", "Stall", "StallError", "StallWarning", "StallWatch", "warn"]
 
 STALL_AFTER = 10.0   # seconds without progress before a stalled job is reported
 POLL = 1.0           # seconds between two readings of a running job
@@ -95,16 +95,6 @@ class StallWatch:
 
 def _doing(t: TaskSnapshot) -> str:
     return f"{t.name} {_DOING.get(t.state, 'is ' + t.state)}"
-
-
-def check_stall_timeout(value: object) -> float | None:
-    """``stall_timeout`` as given to ``run``: None, or seconds > 0."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise BackendError(f"stall_timeout must be a number of seconds > 0, got {value!r}; "
-                           f"None (the default) only warns when a job stalls")
-    return float(value)
 
 
 def warn(stall: Stall) -> None:
