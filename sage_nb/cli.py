@@ -30,11 +30,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _capacity(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sage-nb", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sage-nb", description="sage-nb demo runs the demo job and "
+                                     "prints its routing; sage-nb queue-server serves RPC queues.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the demo word count on threads and print its routing")
-    demo.add_argument("--queue-maxsize", type=int, default=16, help="input queue capacity (default 16)")
+    demo.add_argument("--queue-maxsize", type=_capacity, default=16,
+                      help="input queue capacity in packets, 1 or more (default 16)")
     demo.add_argument("--html", default="build/demo-report.html",
                       help="where to write the HTML report (default build/demo-report.html; '' for none)")
     demo.set_defaults(func=_demo)

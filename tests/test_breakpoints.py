@@ -47,6 +47,38 @@ def _numbers(name: str) -> snb.Pipeline:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_the_packet_a_breakpoint_stopped_on_is_in_its_queue_contents(backend, batch_size, no_leak):
+    p = snb.Pipeline(f"bp-queued-{backend}")
+    p.from_iterable([f"u{i % 10}" for i in range(200)], name="src").key_by(lambda u: u) \
+        .map(str.upper, name="count", parallelism=3).sink(name="out")
+    job = _start(p, backend, batch_size=batch_size)
+    bp = job.break_when(packet=lambda pkt: pkt.partition_key == "u4")
+    _go(job)
+    if backend == "step":
+        job.run_to_end()
+    hit = wait_for(lambda: job.breakpoint_hit, timeout=10)
+    queued = job.queue_contents(hit.instance, limit=None)
+    assert hit.seq in [q.seq for q in queued], (hit, queued)  # delivered, waiting: in sight
+    bp.remove()
+    job.resume()
+    assert sorted(job.wait(timeout=30).results("out")) == sorted(f"U{i % 10}" for i in range(200))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_breakpoint_predicate_that_raises_is_named_in_the_error(backend, no_leak):
+    job = _start(_numbers(f"bp-raises-{backend}"), backend)
+    job.break_when(packet=lambda pkt: pkt.payload["x"], on="m")
+    _go(job)
+    with pytest.raises(snb.JobFailed, match=r"breakpoint 1 \(packet matches .*\) raised on packet #\d+ from "
+                                            r"src\[0\] to m\[\d\]: TypeError: 'int' object is not "
+                                            r"subscriptable; fix its predicate, or remove it") as info:
+        job.wait(timeout=10)
+    assert isinstance(info.value.__cause__, snb.SageError)
+    assert isinstance(info.value.__cause__.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_packet_breakpoint_fires_once_per_matching_packet_and_loses_nothing(backend, no_leak):
     job = _start(_numbers(f"bp-packet-{backend}"), backend, queue_maxsize=8)
     bp = job.break_when(packet=lambda pkt: pkt.payload % 70 == 0, on="out")

@@ -6,7 +6,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import sage_nb as snb
+from sage_nb.cli import main
 from sage_nb.communication import partition
 from sage_nb.demo import demo_pipeline, report
 
@@ -63,3 +66,12 @@ def test_the_python_blocks_of_readme_run(no_leak):
         if job is not None:
             job.wait(timeout=60)
             assert job.status is snb.JobStatus.FINISHED, job
+
+
+@pytest.mark.parametrize(("value", "said"), [("-3", "must be 1 or more, got -3"), ("x", "must be a whole number, got 'x'")])
+def test_a_bad_queue_size_gets_a_usage_error_not_a_traceback(value, said, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--queue-maxsize", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --queue-maxsize: {said}" in err and "Traceback" not in err

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..communication.packet import safe_repr
-from ..errors import Cancelled, GraphError
+from ..errors import Cancelled, GraphError, SageError, error_line
 from ..graph import describe_callable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,7 +212,12 @@ class Breakpoints:
         hits = None
         for bp in self.active:
             if bp.kind != "error":
-                reason = bp.match(conn, packet)
+                try:
+                    reason = bp.match(conn, packet)
+                except Exception as exc:  # the user's predicate: say so, not "the sender raised"
+                    raise SageError(f"breakpoint {bp.id} ({bp.description}) raised on packet #{packet.seq} "
+                                    f"from {conn.source_name} to {conn.target_name}: {error_line(exc)}; fix "
+                                    f"its predicate, or remove it") from exc
                 if reason is not None:
                     hits = hits or []
                     hits.append((bp, BreakpointHit(

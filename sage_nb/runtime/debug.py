@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..communication.packet import safe_repr
+from ..communication.packet import Bundle, safe_repr
 from ..errors import BackendError
 
 if TYPE_CHECKING:  # pragma: no cover - loaded on first use: `import sage_nb` stays fast
@@ -189,7 +189,12 @@ class DebugControls:
         peek = getattr(ctx.input_qd.queue_instance, "peek", None)
         if peek is None:
             raise BackendError(f"queue_contents needs backend='threads' or 'step', not {self.backend!r}")
-        return tuple(_queued(QueuedPacket, item, time.monotonic()) for item in peek(limit or 1 << 30))
+        n = limit or 1 << 30
+        task = self.runner.tasks.get(instance)  # a batch it took just as the job paused comes first
+        held = [p for m in (task.held if task is not None else ()) for p in
+                (m.packets() if m.__class__ is Bundle else (m,))]
+        now = time.monotonic()
+        return tuple(_queued(QueuedPacket, item, now) for item in (held + peek(n))[:n])
 
 
 def _queued(make: type[QueuedPacket], item: Any, now: float) -> QueuedPacket:

@@ -191,7 +191,8 @@ class Job(DebugControls):
         return self
 
     def pause(self) -> None:
-        """Tasks stop taking packets after the current one; nothing is lost."""
+        """Tasks stop taking packets after the batch they are on (with ``batch_size=1``, the
+        packet); what waits stays in sight (``queue_contents``); nothing is lost."""
         self.runner.control.pause()
 
     def resume(self) -> None:

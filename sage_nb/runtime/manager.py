@@ -59,7 +59,7 @@ class JobManager:
             if old.pipeline_name == job.pipeline_name:
                 warnings.warn(f"stopped job {old.job_id!r}: a job of pipeline {job.pipeline_name!r} started "
                               f"({job.job_id!r}); give pipelines different names to run them side by "
-                              f"side", RuntimeWarning, stacklevel=3)
+                              f"side", RuntimeWarning, stacklevel=4)
                 old.stop(drain=False)
         with self._lock:
             self._jobs = [j for j in self._jobs if not j.done] + [job]

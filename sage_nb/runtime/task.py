@@ -103,6 +103,7 @@ class BaseTask(SourceLoop, BundlePath, ChainedTask):
         self.key_counts: Counter[Any] = Counter()
         self.key_cap = KEY_CAP   # distinct keys counted (the first ones seen)
         self.last: list[Any] = []
+        self.held: list[Any] = []  # a batch taken just as the job paused: next in line, not yet processed
         self.current: Any = None   # the packet being processed when user code raised
         self.error: BaseException | None = None
         self._closers: list[Callable[[], Any]] = []
@@ -327,9 +328,13 @@ class BaseTask(SourceLoop, BundlePath, ChainedTask):
                     router.flush()
                 else:
                     router.flush_waiting()
-            batch = get_many(BATCH_MAX)
-            if control.paused:
+            if control.paused:  # before taking more: what waits stays in the queue, in sight
                 self._wait_paused()
+            batch = get_many(BATCH_MAX)
+            if control.paused:  # it came while this task waited for input: next in line (queue_contents)
+                self.held = batch
+                self._wait_paused()
+                self.held = []
             self.state = "busy"
             start, blocked, inner = perf(), router.blocked_time, self.chained_time
             types = set(map(type, batch))
