@@ -62,7 +62,8 @@ class JobFailed(SageError):
     """A job failed; ``__cause__`` is the original exception raised by user code.
 
     Attributes name where it happened: ``node`` (logical operator), ``instance``
-    (e.g. ``"count[2]"``) and ``packet`` (the payload being processed, or None).
+    (e.g. ``"count[2]"``) and ``packet`` (what it was on, as text: ``"#<trace id> <payload repr>"``
+    for a packet, the item's repr for a source's item; or None).
     """
 
     def __init__(self, message: str, *, node: str | None = None, instance: str | None = None,

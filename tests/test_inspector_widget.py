@@ -116,6 +116,16 @@ def test_hostile_names_stay_data_in_state_and_are_escaped_in_html(close_all, tmp
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", js)
 
 
+def test_a_template_like_name_is_shown_as_written_never_evaluated(close_all, tmp_path):
+    snap = make_snapshot(ops=(("{{7*7}}", "source", 1), ("${7*7}", "map", 2), ("out", "sink", 1)),
+                         edges=(("{{7*7}}", "${7*7}", "hash", "k", 0), ("${7*7}", "out", "round_robin", None, 0)))
+    w = Inspector(snap, view="physical")
+    close_all(w)
+    html = w.save_html(tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "{{7*7}}[0]" in html and "${7*7}[1]" in html
+    assert not re.search(r">\s*49(\[\d\])?\s*<", html)  # no template engine between a name and the page
+
+
 # ----------------------------------------------------------------------------- static outputs
 def test_save_html_is_self_contained_and_offline(close_all, tmp_path):
     w = Inspector(make_snapshot(used={"count[0]": 70}), view="physical")
@@ -167,6 +177,30 @@ def test_updater_follows_the_job_and_stops_within_a_second_after_it_ends(close_a
     state = w.get_state()
     assert state["status"] == "FINISHED" and not state["live"]
     assert {n["state"] for n in state["graph"]["nodes"]} == {"finished"}
+
+
+def test_a_real_job_failing_under_a_live_inspector_shows_failed_and_its_error(close_all):
+    """T25 with a real job: it fails while the widget is live; the widget shows FAILED, the
+    instance and the error with its traceback, and its thread ends."""
+    def fail_at_50(x):
+        if x == 50:
+            raise ValueError("bad item 50")
+        return x
+
+    p = snb.Pipeline("t25-fails-live")
+    p.from_source(itertools.count, name="src").map(fail_at_50, name="m").sink(lambda x: None, name="out")
+    job = p.run(queue_maxsize=8)
+    w = Inspector(job, rate=10)
+    close_all(w)
+    with pytest.raises(snb.JobFailed):
+        job.wait(timeout=30)
+    wait_for(lambda: not inspector_threads(), 2.0)
+    state = w.get_state()
+    assert state["status"] == "FAILED" and not state["live"]
+    err = state["error"]
+    assert (err["node"], err["instance"], err["message"]) == ("m", "m[0]", "ValueError: bad item 50")
+    assert "fail_at_50" in err["traceback"] and err["packet"].endswith(" 50")
+    assert [n["state"] for n in state["graph"]["nodes"] if n["id"] == "m[0]"] == ["failed"]
 
 
 def test_the_inspector_only_reads_snapshots(close_all):

@@ -58,6 +58,7 @@ def _wait_flowing(job: snb.Job) -> None:
 
 
 # --------------------------------------------------------------------------- T22
+@pytest.mark.filterwarnings("ignore:stopped job:RuntimeWarning")  # (what it says: test_job)
 def test_t22_rerunning_the_cell_replaces_the_previous_job(backend, no_leak):
     baseline = threading.active_count()
     jobs = [_start("t22-cell", backend) for _ in range(5)]
@@ -70,6 +71,11 @@ def test_t22_rerunning_the_cell_replaces_the_previous_job(backend, no_leak):
         # one thread per instance, the job's linger flusher when it batches, and its stall watch
         per_job = len(jobs[-1].plan.contexts) + (jobs[-1].runner.flusher is not None) + 1
         wait_for(lambda: threading.active_count() == baseline + per_job, timeout=2)
+    if backend == "ray":  # the stopped jobs' actors are gone: only the last job's are alive
+        from sage_nb.runtime.ray_backend import alive_actors
+
+        wait_for(lambda: not any(alive_actors(old.runner.job + "/") for old in jobs[:-1]), timeout=30)
+        assert alive_actors(jobs[-1].runner.job + "/")
     _wait_flowing(jobs[-1])
 
     assert snb.stop_all() == 1

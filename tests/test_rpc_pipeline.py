@@ -13,6 +13,7 @@ import time
 
 import pytest
 from test_router import Background
+from test_rpc_queue import SECRET, run_python
 
 import sage_nb as snb
 from sage_nb.communication import (
@@ -40,6 +41,28 @@ def test_rpc_edge_gives_the_same_answers(no_leak):
     # per (producer, consumer) FIFO holds through the TCP queue
     snap = job.snapshot()
     assert sum(t.packets_in for t in snap.tasks if t.operator == "m") == 2000
+
+
+def test_a_killed_queue_server_fails_the_job_naming_it(no_leak):
+    """T33 at job level: the server holding an edge's queue dies mid-stream (SIGKILL, another
+    process); the job fails, naming the server, instead of waiting for it forever."""
+    proc = run_python("from sage_nb.communication.rpc_queue import serve_main; serve_main(['--port', '0'])",
+                      env={"SAGE_NB_RPC_SECRET": SECRET.decode()})
+    try:
+        port = int(proc.stdout.readline().rsplit(":", 1)[1])
+        p = snb.Pipeline("rpc-killed")
+        p.from_source(itertools.count, name="src").via("rpc").map(abs, name="m").sink(lambda x: None, name="out")
+        job = p.run(rpc_server=("127.0.0.1", port, SECRET), queue_maxsize=64)
+        wait_for(lambda: job.snapshot().task("out[0]").packets_in > 0, timeout=30)
+        proc.kill()
+        proc.wait(10)
+        with pytest.raises(snb.JobFailed, match=rf"127\.0\.0\.1:{port}") as info:
+            job.wait(10)  # (not a hang: within 10 s)
+        assert isinstance(info.value.__cause__, ConnectionError | DeliveryError | Cancelled), info.value.__cause__
+        assert job.status is snb.JobStatus.FAILED
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
 
 
 def test_external_producer_feeds_a_source(no_leak):
