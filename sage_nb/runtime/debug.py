@@ -190,7 +190,7 @@ class DebugControls:
         if peek is None:
             raise BackendError(f"queue_contents needs backend='threads' or 'step', not {self.backend!r}")
         n = limit or 1 << 30
-        task = self.runner.tasks.get(instance)  # a batch it took just as the job paused comes first
+        task = getattr(self.runner, "tasks", {}).get(instance)  # a batch it took as the job paused: first
         held = [p for m in (task.held if task is not None else ()) for p in
                 (m.packets() if m.__class__ is Bundle else (m,))]
         now = time.monotonic()

@@ -127,6 +127,7 @@ class RayDispatcher(RayWatcher, RayReadings):
         self.actors: dict[str, Any] = {}
         self.services: dict[str, Any] = {}
         self.reports: dict[str, dict[str, Any]] = {n: {"state": "starting"} for n in plan.contexts}
+        self._reports_lock = threading.Lock()  # a live report never lands after a final one
         self._running = set(plan.contexts)
         self._responsive: set[str] = set()
         self._stats: dict[str, QueueStats] | None = None

@@ -9,6 +9,7 @@ ended, the readings are the final ones and no actor is asked anything.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ class RayReadings:
     manager: Any
     actors: dict[str, Any]
     reports: dict[str, dict[str, Any]]
+    _reports_lock: threading.Lock
     job: str
     done: Any
     _inputs: dict[str, int]
@@ -75,7 +77,10 @@ class RayReadings:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
             for ref in ready:
                 with contextlib.suppress(Exception):
-                    self.reports[refs[ref]] = ray.get(ref, timeout=0)
+                    report = ray.get(ref, timeout=0)
+                    with self._reports_lock:  # (not over the final report of a task that ended meanwhile)
+                        if refs[ref] in self._running:
+                            self.reports[refs[ref]] = report
         self._reports_at = time.monotonic()
         return self.reports
 

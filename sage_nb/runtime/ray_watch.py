@@ -11,6 +11,7 @@ the actors beyond the sinks' results.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ class RayWatcher:
     events: Any
     results: dict[str, list[Any]]
     reports: dict[str, dict[str, Any]]
+    _reports_lock: threading.Lock
     trace: Any
     exception: BaseException | None
     job: str
@@ -193,7 +195,8 @@ class RayWatcher:
         try:
             report = self._get(ref)
         except ray.exceptions.RayActorError as exc:
-            self.reports[name] = {**self.reports[name], "state": "cancelled" if self._killing else "failed"}
+            with self._reports_lock:
+                self.reports[name] = {**self.reports[name], "state": "cancelled" if self._killing else "failed"}
             if not self._killing:
                 self._fail(failure(self.plan.contexts[name].operator, name, self.actor_lost(name, exc),
                                  str(exc)), exc, cancel_now=True)
@@ -203,7 +206,8 @@ class RayWatcher:
                        exc, cancel_now=True)
             return
         self.results.get(self.plan.contexts[name].operator, []).extend(report.pop("results", ()))
-        self.reports[name] = report
+        with self._reports_lock:
+            self.reports[name] = report
         if report["failure"] is not None:
             self._task_failed(report["failure"])
 
