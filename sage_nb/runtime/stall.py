@@ -23,6 +23,12 @@ True
 nothing moved for 12 s: join[0] is busy (in its function); src[0] waits for room in join[0]'s full queue (2/2)
 >>> watch.observe(snap(6), now=13.0) is None  # a packet moved
 True
+>>> watch.observe(snap(6), now=30.0).culprit
+'join[0]'
+>>> starting = JobSnapshot("j", "p", "ray", "RUNNING", 1.0, (), (),
+...                        (task("src[0]", "backpressured", 6), task("join[0]", "starting", 0)), (edge,))
+>>> watch.observe(starting, now=40.0) is None, watch.observe(starting, now=60.0) is None  # (start-up)
+(True, True)
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ STALL_AFTER = 10.0   # seconds without progress before a stalled job is reported
 POLL = 1.0           # seconds between two readings of a running job
 
 _DOING = {"busy": "is busy (in its function)", "idle": "is idle", "paused": "is paused",
-          "backpressured": "waits too", "starting": "is still starting"}
+          "backpressured": "waits too"}
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class StallWatch:
         waiting = tuple(f"{c.source} waits for room in {c.target}'s full queue ({c.used}/{c.capacity})"
                         for c in full)
         held = [tasks[n] for n in dict.fromkeys(c.target for c in full)]
+        if any(t.state == "starting" for t in held):  # (a Ray actor still starting up: not a stall)
+            return None
         culprits = [t for t in held if t.state != "backpressured"] or held
         return Stall(now - self._since, waiting, tuple(_doing(t) for t in culprits), culprits[0].name)
 
