@@ -21,7 +21,6 @@ import atexit
 import contextlib
 import threading
 import time
-import traceback
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from ..communication.ray_queue import (
 from ..errors import error_line
 from ..metrics import ErrorInfo, Trace
 from .batching import check_batching
-from .ray_actors import ServiceActor, TaskActor, rebuild_exception
+from .ray_actors import ServiceActor, TaskActor, failure_info, rebuild_exception
 from .ray_metrics import CALL_TIMEOUT, RayReadings
 from .ray_plan import instance_spec, materialise_sources, service_spec, use_ray_queues
 from .ray_router import BATCH, LINGER
@@ -210,9 +209,7 @@ class RayDispatcher(RayWatcher, RayReadings):
     # ------------------------------------------------------------------ failures and the end
     def fail(self, instance: str, exc: BaseException) -> None:
         """Fail the job in ``instance`` from the driver (the stall watch)."""
-        self._fail({"node": self.plan.contexts[instance].operator, "instance": instance,
-                    "message": error_line(exc), "packet": None,
-                    "traceback": "".join(traceback.format_exception(exc))}, exc)
+        self._fail(failure_info(self.plan.contexts[instance].operator, instance, exc, None), exc)
 
     def _fail(self, info: dict[str, Any], exc: BaseException | None = None,
               cancel_now: bool = False) -> None:
